@@ -1,0 +1,71 @@
+"""Training samples from the reasoning Parquet dataset: one sample per step, with its action chunk.
+
+The dataset yields raw samples (primary-camera image bytes, instruction, the step's reasoning text, the
+(chunk, 7) actions from this step on with the last one repeated past the end, the unnorm key); a
+`transform` (the student's processor, from `models/`) turns them into tensors. Skeleton depth: the
+needed columns are loaded into memory; issue #6 streams, augments and shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import torch
+
+from data.actions import action_chunks
+
+COLUMNS = ["dataset", "episode_id", "step_index", "instruction", "images", "action", "unnorm_key", "reasoning_text", "trace_status"]
+
+
+def primary_image(images: list[dict]) -> bytes:
+    """The primary camera: `image_0` (bridge) / `image` (fractal), i.e. the first camera name in order."""
+    return min(images, key=lambda im: im["camera"])["data"]
+
+
+def read_reasoning_table(dirs: list[str | Path], columns: list[str] = COLUMNS):
+    dirs = [Path(d) for d in dirs]
+    missing = [str(d) for d in dirs if not d.exists()]
+    if missing:
+        raise FileNotFoundError(f"reasoning data not found: {missing}")
+    files = [str(f) for d in dirs for f in sorted(d.glob("part-*.parquet"))]
+    if not files:
+        raise ValueError(f"no part-*.parquet files in {[str(d) for d in dirs]}")
+    table = pads.dataset(files, format="parquet").to_table(columns=columns)
+    if table.num_rows == 0:
+        raise ValueError(f"no rows in {[str(d) for d in dirs]}")
+    return table
+
+
+class StepSamples(torch.utils.data.Dataset):
+    def __init__(self, dirs: list[str | Path], chunk: int, transform: Callable[..., dict] | None = None, use_reasoning: bool = True):
+        df = read_reasoning_table(dirs).to_pandas()
+        df = df.sort_values(["dataset", "episode_id", "step_index"], kind="stable").reset_index(drop=True)
+        chunks = np.empty((len(df), chunk, 7), np.float32)
+        for _, idx in df.groupby(["dataset", "episode_id"], sort=False).indices.items():
+            chunks[idx] = action_chunks(np.stack(df["action"].iloc[idx].to_numpy()), chunk)
+        self.records = [
+            {
+                "image": primary_image(row.images),
+                "instruction": row.instruction,
+                "actions": chunks[i],
+                "unnorm_key": row.unnorm_key,
+                "reasoning": row.reasoning_text if use_reasoning and row.trace_status == "ok" else None,
+                "episode_id": row.episode_id,
+                "step_index": int(row.step_index),
+                "dataset": row.dataset,
+            }
+            for i, row in enumerate(df.itertuples(index=False))
+        ]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        if self.transform is None:
+            return r
+        return self.transform(r["image"], r["instruction"], r["actions"], r["unnorm_key"], r["reasoning"])

@@ -1,0 +1,208 @@
+"""Prefect flows: the whole pipeline, and one flow per stage for the command line.
+
+Flows only compose: stage logic lives in `tasks/`. Stages pass paths and small summaries; every output
+is a file under the working directory (data/layout.py). One MLflow run per flow run, with a nested run
+per stage; the pipeline's own run also gets the headline artifacts and metrics, even when stages were
+cached, and its Prefect flow run gets a Markdown artifact with the results.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from data.io import read_json
+from data.layout import Layout
+from data.sample import SampleConfig
+from flows.config import PRESETS, DatasetSpec, PipelineConfig
+from tasks.annotate import AnnotateConfig, annotate_task
+from tasks.attention import AttentionConfig, attention_task
+from tasks.build import BuildConfig, build_task
+from tasks.evaluate import EvaluateConfig, evaluate_task
+from tasks.finetune import FinetuneConfig, finetune_task
+from tasks.parse import ParseConfig, parse_task
+from tasks.sample import sample_task
+from tasks.simpler import SimplerConfig, simpler_available, simpler_task
+from tasks.tracking import TrackingConfig, Tracker, start_run
+
+log = logging.getLogger("refinevla")
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work; raised before any expensive work starts."""
+
+
+def preflight(config: PipelineConfig) -> None:
+    """Check what can be checked cheaply: inputs exist, the teacher can authenticate, shapes fit."""
+    from data.rlds import RldsError, open_rlds
+    from models.spatialvla.configuration_spatialvla import SHAPES
+    from models.teachers.gemini import API_KEY_ENV, api_key_from_env
+
+    problems = []
+    for ds in config.datasets:
+        try:
+            found = open_rlds(ds.path)
+            missing = [s for s in ds.splits if s not in found.splits]
+            if missing:
+                problems.append(f"dataset {ds.path}: no split(s) {missing} (has {sorted(found.splits)})")
+        except RldsError as e:
+            problems.append(str(e))
+    if config.annotate.teacher.kind == "gemini" and not api_key_from_env():
+        problems.append(f"the Gemini teacher needs an API key in ${API_KEY_ENV[0]} or ${API_KEY_ENV[1]}")
+    ft = config.finetune
+    if ft.base_model in SHAPES:
+        layers = SHAPES[ft.base_model]["text"]["num_hidden_layers"]
+        if ft.freeze_first_n_layers > layers:
+            problems.append(f"finetune.freeze_first_n_layers={ft.freeze_first_n_layers} exceeds the {layers} layers of '{ft.base_model}'")
+    elif not (Path(ft.base_model) / "config.json").exists():
+        problems.append(f"finetune.base_model '{ft.base_model}' is neither a shape ({', '.join(SHAPES)}) nor a checkpoint directory")
+    if problems:
+        raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
+
+
+def _flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "")
+
+
+@flow(name="refinevla-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
+    """The whole ReFineVLA pipeline on one working directory."""
+    preflight(config)
+    layout = Layout(Path(config.workdir).resolve())
+    run = start_run(config.tracking, layout.root, config.run_name, tags={"prefect.flow_run_id": _flow_run_id()})
+    run.log_params(config)
+    opts = {"result_storage": layout.prefect_results, "refresh_cache": config.refresh_cache}
+    try:
+        datasets = list(config.datasets)
+        if not datasets:
+            paths = sample_task.with_options(**opts)(str(layout.datasets), config.sample)
+            datasets = [DatasetSpec(path=p, splits=list(read_json(Path(p) / "sample_scenes.json")["settings"]["splits"])) for p in paths]
+
+        parse = parse_task.with_options(**opts)
+        parsed = [f.result() for f in [parse.submit(d.path, s, str(layout.steps), config.parse, run.ref) for d in datasets for s in d.splits]]
+        steps_dirs = sorted({p["steps_dir"] for p in parsed})
+
+        annotate = annotate_task.with_options(**opts)
+        annotated = [f.result() for f in [annotate.submit(d, str(layout.traces), config.annotate, run.ref) for d in steps_dirs]]
+
+        build = build_task.with_options(**opts)
+        built = [f.result() for f in [build.submit(a_steps, a["traces_dir"], str(layout.reasoning / Path(a_steps).name), config.build, run.ref)
+                                      for a_steps, a in zip(steps_dirs, annotated)]]
+        data_dirs = [b["out_dir"] for b in built]
+
+        trained = finetune_task.with_options(**opts)(data_dirs, str(layout.checkpoints / config.run_name), config.finetune, run.ref)
+        ckpt = trained["checkpoint"]
+        evaluated = evaluate_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.eval / config.run_name), config.evaluate, run.ref)
+        simulated = simpler_task.with_options(**opts).submit(ckpt, str(layout.eval / config.run_name / "simpler"), config.simpler,
+                                                             simpler_available(), run.ref)
+        explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.attention / config.run_name), config.attention, run.ref)
+        evaluated, simulated, explained = evaluated.result(), simulated.result(), explained.result()
+
+        summary = {
+            "workdir": str(layout.root), "datasets": [d.path for d in datasets], "reasoning": data_dirs,
+            "stats": [b["stats"] for b in built], "checkpoint": ckpt, "training_curves": trained["curves"],
+            "results": evaluated["results"], "attention": explained["pngs"], "simpler": simulated,
+            "mlflow_uri": run.ref.uri, "mlflow_experiment_id": run.ref.experiment_id, "mlflow_run_id": run.ref.run_id,
+            "prefect_flow_run_id": _flow_run_id(),
+            "steps": sum(p["steps"] for p in parsed), "episodes": sum(p["episodes"] for p in parsed),
+        }
+        _report(run, summary, trained, evaluated, built, annotated)
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish()
+    return summary
+
+
+def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: list[dict], annotated: list[dict]) -> None:
+    """Headline artifacts and metrics on the pipeline's own MLflow run, and a Prefect Markdown artifact."""
+    for b in built:
+        run.log_artifact(b["stats"], f"datasets/{b['dataset']}")
+        run.log_artifact(Path(b["out_dir"]) / "README.md", f"datasets/{b['dataset']}")
+    run.log_artifact(summary["training_curves"])
+    run.log_artifact(summary["results"])
+    for png in summary["attention"]:
+        run.log_artifact(png, "attention")
+    run.log_metrics({
+        "steps": summary["steps"], "episodes": summary["episodes"], "trace_failed": sum(a["failed"] for a in annotated),
+        **{k: v for k, v in trained.items() if k.startswith("final_") and isinstance(v, float)},
+        **{k: v for k, v in evaluated.items() if k.startswith("val_") and isinstance(v, (int, float))},
+    })
+    run.set_tags({"checkpoint": summary["checkpoint"], "simpler_env": summary["simpler"]["status"]})
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(
+            key="refinevla-results",
+            markdown=Path(summary["results"]).read_text() + f"\n\nMLflow run `{summary['mlflow_run_id']}` at `{summary['mlflow_uri']}`; "
+            f"checkpoint `{summary['checkpoint']}`; SimplerEnv: {summary['simpler']['status']}.\n",
+            description="ReFineVLA offline evaluation",
+        )
+    except Exception as e:  # the results are on disk and in MLflow; a UI artifact is a convenience
+        log.warning("could not create the Prefect artifact: %s", e)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One flow per stage, for `refinevla <stage>`: the same tasks, their own MLflow run.
+
+
+def _stage(workdir: str, tracking: TrackingConfig, name: str, call):
+    layout = Layout(Path(workdir).resolve())
+    run = start_run(tracking, layout.root, name, tags={"stage": name, "prefect.flow_run_id": _flow_run_id()})
+    try:
+        result = call({"result_storage": layout.prefect_results}, run.ref)
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish()
+    return result
+
+
+@flow(name="refinevla-sample")
+def sample_flow(out_dir: str = "work/datasets", cfg: SampleConfig = SampleConfig(), workdir: str = "work") -> list[str]:
+    return sample_task.with_options(result_storage=Layout(Path(workdir).resolve()).prefect_results)(out_dir, cfg)
+
+
+@flow(name="refinevla-parse")
+def parse_flow(dataset_dir: str, split: str, out_dir: str, cfg: ParseConfig = ParseConfig(), workdir: str = "work",
+               tracking: TrackingConfig = TrackingConfig()) -> dict:
+    return _stage(workdir, tracking, "parse", lambda o, ref: parse_task.with_options(**o)(dataset_dir, split, out_dir, cfg, ref))
+
+
+@flow(name="refinevla-annotate")
+def annotate_flow(steps_dir: str, traces_root: str, cfg: AnnotateConfig = AnnotateConfig(), workdir: str = "work",
+                  tracking: TrackingConfig = TrackingConfig()) -> dict:
+    return _stage(workdir, tracking, "annotate", lambda o, ref: annotate_task.with_options(**o)(steps_dir, traces_root, cfg, ref))
+
+
+@flow(name="refinevla-build")
+def build_flow(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig = BuildConfig(), workdir: str = "work",
+               tracking: TrackingConfig = TrackingConfig()) -> dict:
+    return _stage(workdir, tracking, "build", lambda o, ref: build_task.with_options(**o)(steps_dir, traces_dir, out_dir, cfg, ref))
+
+
+@flow(name="refinevla-finetune")
+def finetune_flow(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig = FinetuneConfig(), workdir: str = "work",
+                  tracking: TrackingConfig = TrackingConfig()) -> dict:
+    return _stage(workdir, tracking, "finetune", lambda o, ref: finetune_task.with_options(**o)(data_dirs, out_dir, cfg, ref))
+
+
+@flow(name="refinevla-evaluate")
+def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: EvaluateConfig = EvaluateConfig(),
+                  simpler: SimplerConfig = SimplerConfig(), workdir: str = "work", tracking: TrackingConfig = TrackingConfig()) -> dict:
+    def both(o, ref):
+        offline = evaluate_task.with_options(**o)(checkpoint, data_dirs, out_dir, cfg, ref)
+        return {**offline, "simpler": simpler_task.with_options(**o)(checkpoint, str(Path(out_dir) / "simpler"), simpler, simpler_available(), ref)}
+
+    return _stage(workdir, tracking, "evaluate", both)
+
+
+@flow(name="refinevla-attention")
+def attention_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: AttentionConfig = AttentionConfig(), workdir: str = "work",
+                   tracking: TrackingConfig = TrackingConfig()) -> dict:
+    return _stage(workdir, tracking, "attention", lambda o, ref: attention_task.with_options(**o)(checkpoint, data_dirs, out_dir, cfg, ref))

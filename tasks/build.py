@@ -1,0 +1,151 @@
+"""Stage 3, build: steps + traces → `reasoning/<dataset>/{train,val}/part-*.parquet`, stats.json, README.md.
+
+Episodes are split into train/val deterministically (rank of a seeded hash of the episode id, at least one
+val episode when there are two or more). Every step is kept, with `trace_status` ok / failed / missing,
+so nothing is lost and training chooses what to use. Action statistics (SpatialVLA's processor shape,
+keyed by unnorm_key) are computed on the train split. Parts are written part by part (bounded memory)
+and each file appears atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, Field
+
+from data.io import read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
+from data.schema import REASONING_SCHEMA
+from data.statistics import dataset_statistics, unnorm_key
+from data.traces import TRACE_FIELDS, Trace
+from tasks.caching import stage_cache_policy
+from tasks.tracking import RunRef, Tracker, stage_run
+
+log = logging.getLogger("refinevla")
+SPLITS = ("train", "val")
+
+
+class BuildConfig(BaseModel):
+    """How the reasoning dataset is split and written."""
+
+    val_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of episodes held out for validation.")
+    split_seed: int = Field(0, description="Seed of the episode → split assignment.")
+    row_group_size: int = Field(256, ge=16, le=65536, description="Rows per Parquet row group.")
+
+
+def assign_splits(episode_ids: list[str], val_fraction: float, seed: int) -> dict[str, str]:
+    ranked = sorted(set(episode_ids), key=lambda e: hashlib.sha1(f"{seed}:{e}".encode()).hexdigest())
+    n_val = round(val_fraction * len(ranked))
+    if val_fraction > 0 and len(ranked) >= 2:
+        n_val = max(n_val, 1)
+    return {e: ("val" if i < n_val else "train") for i, e in enumerate(ranked)}
+
+
+def _trace_columns(record: dict | None) -> dict:
+    empty = {k: None for k in TRACE_FIELDS} | {"reasoning_text": None, "teacher": None, "teacher_model": None, "prompt_version": None}
+    if record is None:
+        return empty | {"trace_status": "missing", "trace_error": "no annotation for this step"}
+    base = empty | {"teacher": record["teacher"], "teacher_model": record["model"], "prompt_version": record["prompt_version"],
+                    "trace_status": record["status"], "trace_error": record.get("error")}
+    if record["status"] != "ok":
+        return base
+    trace = Trace.from_dict(record["trace"])
+    return base | trace.to_dict() | {"reasoning_text": trace.to_text()}
+
+
+def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path, cfg: BuildConfig = BuildConfig(), tracker: Tracker = Tracker(None)) -> dict:
+    """Build one dataset: `steps_dir` = steps/<dataset>, `traces_dir` = traces/<dataset>/<teacher>@<prompt>."""
+    steps_dir, traces_dir, out_dir = Path(steps_dir), Path(traces_dir), Path(out_dir)
+    parts = sorted(steps_dir.rglob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"{steps_dir}: no parsed steps")
+    episode_ids = [e for p in parts for e in pq.read_table(p, columns=["episode_id"]).column("episode_id").to_pylist()]
+    split_of = assign_splits(episode_ids, cfg.val_fraction, cfg.split_seed)
+
+    status = Counter()
+    train_actions, train_states, counts = [], [], {s: Counter() for s in SPLITS}
+    dataset = version = None
+    for i, part in enumerate(parts):
+        df = pq.read_table(part).to_pandas()
+        dataset, version = df["dataset"].iloc[0], df["dataset_version"].iloc[0]
+        key = unnorm_key(dataset, version)
+        traces = {}
+        for ep in df["episode_id"].unique():
+            path = traces_dir / f"{ep}.json"
+            traces[ep] = read_json(path) if path.exists() else []
+        rows = []
+        for r in df.to_dict("records"):
+            recs = traces[r["episode_id"]]
+            record = recs[r["step_index"]] if r["step_index"] < len(recs) else None
+            rows.append(r | {"unnorm_key": key} | _trace_columns(record))
+            status[rows[-1]["trace_status"]] += 1
+        for split in SPLITS:
+            sel = [r for r in rows if split_of[r["episode_id"]] == split]
+            if not sel:
+                continue
+            write_parquet_atomic(out_dir / split / f"part-{i:05d}.parquet", pa.Table.from_pylist(sel, schema=REASONING_SCHEMA), cfg.row_group_size)
+            counts[split]["steps"] += len(sel)
+            counts[split]["episodes"] += len({r["episode_id"] for r in sel})
+            if split == "train":
+                train_actions += [r["action"] for r in sel]
+                train_states += [r["state"] for r in sel]
+    for split in SPLITS:  # parts left over from an earlier build with more parts
+        for stale in (out_dir / split).glob("part-*.parquet"):
+            if int(stale.stem.split("-")[1]) >= len(parts):
+                stale.unlink()
+    if not train_actions:
+        raise ValueError(f"{steps_dir}: no train episodes (val_fraction={cfg.val_fraction}, {len(split_of)} episodes)")
+
+    key = unnorm_key(dataset, version)
+    stats = {key: dataset_statistics(np.array(train_actions), np.array(train_states), counts["train"]["episodes"])}
+    write_json_atomic(out_dir / "stats.json", stats)
+    summary = {
+        "dataset": dataset, "version": version, "unnorm_key": key, "out_dir": str(out_dir), "stats": str(out_dir / "stats.json"),
+        "train_steps": counts["train"]["steps"], "val_steps": counts["val"]["steps"],
+        "train_episodes": counts["train"]["episodes"], "val_episodes": counts["val"]["episodes"],
+        "trace_ok": status["ok"], "trace_failed": status["failed"], "trace_missing": status["missing"],
+    }
+    write_text_atomic(out_dir / "README.md", dataset_card(summary, traces_dir))
+    log.info("built %s: %d train / %d val steps; traces ok %d, failed %d, missing %d", dataset, summary["train_steps"],
+             summary["val_steps"], status["ok"], status["failed"], status["missing"])
+    tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, int)})
+    tracker.log_artifact(out_dir / "stats.json")
+    tracker.log_artifact(out_dir / "README.md")
+    return summary
+
+
+def dataset_card(s: dict, traces_dir: Path) -> str:
+    sample = (traces_dir.parent.parent.parent / "datasets").exists()
+    return f"""# {s['dataset']} {s['version']} with reasoning traces
+
+Built by refinevla: every step of the source RLDS dataset, with a four-part reasoning trace
+(`observation`, `situation_analysis`, `spatial_reasoning`, `task_planning`, `logical_steps`, `sub_action`)
+from the teacher in `{traces_dir.name}` (teacher@prompt-version).
+
+| split | episodes | steps |
+|---|---|---|
+| train | {s['train_episodes']} | {s['train_steps']} |
+| val | {s['val_episodes']} | {s['val_steps']} |
+
+Trace status: ok {s['trace_ok']}, failed {s['trace_failed']}, missing {s['trace_missing']} (rows are kept either way;
+filter on `trace_status`).
+
+- Files: `train/part-*.parquet`, `val/part-*.parquet` (schema: `data/schema.py` REASONING_SCHEMA), `stats.json`
+  (action/proprio statistics of the train split under the key `{s['unnorm_key']}`, SpatialVLA's processor shape).
+- Actions: `action` is [dx, dy, dz, droll, dpitch, dyaw, gripper] with an absolute gripper (1 = open); `action_raw`
+  is what the dataset recorded.
+- Licence: that of the source dataset{' (here: the synthetic sample generated by refinevla)' if sample else ''}; the traces
+  are derived data, subject to the teacher's terms of use.
+"""
+
+
+@task(name="build", retries=1, retry_delay_seconds=5, cache_policy=stage_cache_policy(__name__, "steps_dir", "traces_dir"), persist_result=True)
+def build_task(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig, tracking: RunRef | None = None) -> dict:
+    with stage_run(tracking, f"build {Path(steps_dir).name}", cfg) as tracker:
+        return run_build(steps_dir, traces_dir, out_dir, cfg, tracker)

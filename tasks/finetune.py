@@ -1,0 +1,240 @@
+"""Stage 4, fine-tune: ReFineVLA on the reasoning dataset → `checkpoints/<run>/step-<n>/`.
+
+The loop, in one screen:
+
+    for step in 1..total:
+        batch  = the step's slice of a seeded per-epoch permutation of the train samples
+        loss   = L_action + λ · L_reasoning            (models/objective.refinevla_loss)
+        backward, clip, AdamW, warmup-then-linear LR
+        log losses / accuracies / LR / throughput to MLflow
+        every save_steps and at the end: checkpoint (weights, processor, optimizer, scheduler, history)
+
+Frozen: vision tower, input embeddings and the first N Gemma2 layers (path filters, logged). A run
+directory holds one configuration; re-running resumes from its latest checkpoint (weights, optimizer,
+scheduler and data position), and a finished run is not trained again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from prefect import task
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from data.io import fingerprint, read_json, write_json_atomic
+from tasks.caching import stage_cache_policy
+from tasks.tracking import RunRef, Tracker, stage_run
+
+log = logging.getLogger("refinevla")
+
+
+class FinetuneConfig(BaseModel):
+    """ReFineVLA fine-tuning. Defaults follow the paper's Table 7 where it has a value."""
+
+    base_model: str = Field("tiny", description="'tiny' or '4b' (fresh weights of that shape, tokenizer trained on the data), or a checkpoint directory.")
+    reasoning_weight: float = Field(0.5, ge=0.0, le=100.0, description="λ in L = L_action + λ·L_reasoning (paper value lost in extraction; its ablation peaks mid-range).")
+    freeze_vision: bool = Field(True, description="Freeze the SigLIP vision tower.")
+    freeze_embeddings: bool = Field(True, description="Freeze the language model's input embeddings (SpatialVLA's default).")
+    freeze_first_n_layers: int = Field(12, ge=0, description="Freeze the first N Gemma2 layers (paper value lost; 12 of Gemma2-2B's 26 by default).")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.005, ge=0, lt=1, description="Share of steps with linear warm-up, then linear decay to 0.")
+    batch_size: int = Field(32, ge=1, description="Samples per optimizer step.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the train split (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Total optimizer steps (None: from epochs).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    save_steps: int = Field(500, ge=1, description="Checkpoint every N steps (and at the end).")
+    max_reasoning_tokens: int = Field(244, ge=0, description="Reasoning tokens kept per sample (paper: 244).")
+    action_chunk_size: int = Field(4, ge=1, description="Future actions per sample (SpatialVLA: 4, i.e. 12 action tokens).")
+    tokenizer_vocab_size: int = Field(1024, ge=300, description="BPE vocabulary learned for a fresh model (ignored for checkpoints).")
+    min_sigma: float = Field(0.0, ge=0, description="Lower bound of the per-axis sigma when fitting action bins for a fresh model.")
+    seed: int = Field(0, description="Seed of initialisation and data order.")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:n]'.")
+    precision: Literal["auto", "fp32", "bf16-mixed"] = Field("auto", description="'auto': bf16-mixed on CUDA, fp32 on CPU.")
+
+
+def _device_and_precision(cfg: FinetuneConfig) -> tuple[str, str]:
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    precision = ("bf16-mixed" if device.startswith("cuda") else "fp32") if cfg.precision == "auto" else cfg.precision
+    return device, precision
+
+
+def merged_statistics(data_dirs: list[Path]) -> dict:
+    stats = {}
+    for d in data_dirs:
+        if not (d / "stats.json").exists():
+            raise FileNotFoundError(f"{d}: stats.json missing; run the build stage first")
+        stats.update(read_json(d / "stats.json"))
+    return stats
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int):
+    """Sample indices of optimizer step `step` (1-based): a fresh seeded permutation every epoch, so the
+    data position is a pure function of the step and resuming needs no loader state."""
+    import torch
+
+    per_epoch = math.ceil(n / batch_size)
+    epoch, i = divmod(step - 1, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+    return perm[i * batch_size : (i + 1) * batch_size].tolist()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = [p for p in run_dir.glob("step-*") if (p / "trainer_state.pt").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def _check_run_dir(run_dir: Path, settings: dict) -> None:
+    path = run_dir / "training_config.json"
+    if path.exists() and read_json(path) != settings:
+        raise ValueError(
+            f"{run_dir} holds a run with other settings or data (see {path}); "
+            "choose another run name, or delete that directory to start over"
+        )
+    write_json_atomic(path, settings)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, processor, opt, sched, history: list[dict]) -> Path:
+    import torch
+
+    final = run_dir / f"step-{step}"
+    tmp = run_dir / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("loss", "L = L_action + λ·L_reasoning"), ("loss_action", "L_action"), ("loss_reasoning", "L_reasoning")):
+        a.plot(steps, [h[key] for h in history], label=label)
+    a.set(xlabel="step", ylabel="token NLL", title="losses", yscale="log")
+    a.legend()
+    for key, label in (("action_token_acc", "action tokens"), ("reasoning_token_acc", "reasoning tokens")):
+        b.plot(steps, [h[key] for h in history], label=label)
+    b.set(xlabel="step", ylabel="accuracy", title="next-token accuracy (train batch)", ylim=(0, 1))
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _build_or_load(cfg: FinetuneConfig, samples, statistics: dict):
+    from models.spatialvla.policy import build_student, load_checkpoint
+
+    if cfg.base_model in ("tiny", "4b"):
+        texts = [r["instruction"].lower() for r in samples.records] + [r["reasoning"] for r in samples.records if r["reasoning"]]
+        by_key: dict[str, list] = {}
+        for r in samples.records:
+            by_key.setdefault(r["unnorm_key"], []).append(r["actions"][0])
+        return build_student(cfg.base_model, texts, statistics, {k: np.stack(v) for k, v in by_key.items()}, cfg.tokenizer_vocab_size,
+                             cfg.min_sigma, cfg.max_reasoning_tokens, cfg.action_chunk_size, cfg.seed)
+    model, processor = load_checkpoint(cfg.base_model)
+    processor.statistics.update(statistics)  # new datasets' statistics join the checkpoint's
+    processor.max_reasoning_tokens = cfg.max_reasoning_tokens
+    return model, processor
+
+
+def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), tracker: Tracker = Tracker(None)) -> dict:
+    import torch
+
+    from data.training import StepSamples
+    from models.objective import apply_freezing, freeze_filters, labelled_window, refinevla_loss
+    from models.spatialvla.policy import load_checkpoint
+
+    data_dirs, run_dir = [Path(d) for d in data_dirs], Path(out_dir)
+    train_dirs = [d / "train" for d in data_dirs]
+    _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [str(d) for d in data_dirs], "data_fingerprint": fingerprint(train_dirs)})
+    device, precision = _device_and_precision(cfg)
+    statistics = merged_statistics(data_dirs)
+    samples = StepSamples(train_dirs, cfg.action_chunk_size)
+
+    resume_from = latest_checkpoint(run_dir)
+    model, processor = load_checkpoint(resume_from) if resume_from else _build_or_load(cfg, samples, statistics)
+    n_layers = model.config.text_config.num_hidden_layers
+    if cfg.freeze_first_n_layers > n_layers:
+        raise ValueError(f"freeze_first_n_layers={cfg.freeze_first_n_layers} but the model has {n_layers} language layers")
+    samples.transform = processor.training_sample
+    model.to(device).train()
+    filters = freeze_filters(cfg.freeze_vision, cfg.freeze_embeddings, cfg.freeze_first_n_layers)
+    counts = apply_freezing(model, filters)
+    log.info("trainable %d / %d parameters (frozen by %s)", counts["params_trainable"], counts["params_total"], filters)
+    tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(samples), "resolved_device": device, "resolved_precision": precision})
+
+    per_epoch = math.ceil(len(samples) / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    warmup = int(cfg.warmup_ratio * total)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    start, history = 0, []
+    if resume_from:
+        state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = state["step"], state["history"]
+        log.info("resuming %s at step %d of %d", run_dir, start, total)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    bar = tqdm(range(start + 1, total + 1), desc="finetune", unit="step", initial=start, total=total)
+    with tracker.system_metrics():
+        for step in bar:
+            t0 = time.perf_counter()
+            batch = processor.collate([samples[i] for i in batch_indices(len(samples), cfg.batch_size, cfg.seed, step)])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast:
+                out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
+                            logits_to_keep=labelled_window(batch["labels"]))
+            parts = refinevla_loss(out.logits, batch["labels"], batch["token_kinds"], cfg.reasoning_weight)
+            parts.total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            metrics = {
+                "loss": parts.total.item(), "loss_action": parts.action.item(), "loss_reasoning": parts.reasoning.item(),
+                "action_token_acc": parts.action_accuracy, "reasoning_token_acc": parts.reasoning_accuracy,
+                "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
+                "samples_per_s": len(batch["input_ids"]) / dt, "tokens_per_s": int(batch["attention_mask"].sum()) / dt,
+            }
+            history.append({"step": step, **metrics})
+            tracker.log_metrics(metrics, step)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", act=f"{metrics['action_token_acc']:.2f}")
+            if step % cfg.save_steps == 0 or step == total:
+                save_checkpoint(run_dir, step, model, processor, opt, sched, history)
+
+    checkpoint = latest_checkpoint(run_dir)
+    curves = plot_curves(history, run_dir / "training_curves.png")
+    tracker.log_artifact(curves)
+    last = history[-1] if history else {}
+    summary = {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "steps": total, "resumed_from": start, "train_samples": len(samples),
+               **counts, "curves": str(curves), **{f"final_{k}": v for k, v in last.items() if k != "step"}}
+    log.info("fine-tuned %d steps → %s (loss %.3f)", total, checkpoint, last.get("loss", float("nan")))
+    return summary
+
+
+@task(name="finetune", retries=1, retry_delay_seconds=30, cache_policy=stage_cache_policy(__name__, "data_dirs"), persist_result=True)
+def finetune_task(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig, tracking: RunRef | None = None) -> dict:
+    with stage_run(tracking, "finetune", cfg) as tracker:
+        return run_finetune(data_dirs, out_dir, cfg, tracker)
