@@ -81,6 +81,7 @@ def _write_one(out_dir: Path, name: str, settings: dict, cfg: SampleConfig) -> N
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_datasets as tfds
 
+    tfds.disable_progress_bar()
     ds_dir = out_dir / name / settings["version"]
     if ds_dir.exists():
         shutil.rmtree(ds_dir)  # ours (checked by _up_to_date), with other settings

@@ -84,10 +84,13 @@ class Trace:
             raise TraceFormatError("empty <sub_action>")
 
 
-# A heading such as "#1 <Observation>:", "**<Observation>**:", "<Observation>" or "Observation:" at a line start.
+# A heading: "<Observation>", "#1 <Observation>:", "**<Observation>**:" anywhere (the paper's answers put all
+# sections on one line), or a bare "Observation:" / "**Observation**:" at the start of a line.
 def _heading(tag: str) -> str:
     words = r"\s+".join(tag.split())
-    return rf"(?:^|\n)[ \t#*\d.]*(?:<\s*{words}\s*>|{words}(?=\s*\**\s*:))[*\s]*:?"
+    tagged = rf"[ \t#*\d.]*\**<\s*{words}\s*>\**[ \t]*:?"
+    bare = rf"(?:^|\n)[ \t#*\d.]*\**{words}\**[ \t]*:"
+    return rf"(?:{tagged}|{bare})"
 
 
 _SECTION_RE = {k: re.compile(_heading(t), re.IGNORECASE) for k, t in SECTION_TAGS.items()}

@@ -9,6 +9,7 @@ DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry calls (no network)
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # the 20 s default times out on a busy 2-core box
     "PREFECT_LOGGING_EXTRA_LOGGERS": "refinevla",  # stage logs show in the Prefect UI
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # plain functions log locally outside flows
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "HF_HUB_OFFLINE": "1",  # nothing is downloaded from a hub at run time
     "TOKENIZERS_PARALLELISM": "false",

@@ -37,21 +37,22 @@ log = logging.getLogger("refinevla")
 
 
 class FinetuneConfig(BaseModel):
-    """ReFineVLA fine-tuning. Defaults follow the paper's Table 7 where it has a value."""
+    """ReFineVLA fine-tuning. Defaults are the embedded demo (a fresh tiny model on the sample data);
+    the `paper` preset (flows/config.py) holds the paper's Table 7 values, quoted in each description."""
 
     base_model: str = Field("tiny", description="'tiny' or '4b' (fresh weights of that shape, tokenizer trained on the data), or a checkpoint directory.")
     reasoning_weight: float = Field(0.5, ge=0.0, le=100.0, description="λ in L = L_action + λ·L_reasoning (paper value lost in extraction; its ablation peaks mid-range).")
-    freeze_vision: bool = Field(True, description="Freeze the SigLIP vision tower.")
-    freeze_embeddings: bool = Field(True, description="Freeze the language model's input embeddings (SpatialVLA's default).")
-    freeze_first_n_layers: int = Field(12, ge=0, description="Freeze the first N Gemma2 layers (paper value lost; 12 of Gemma2-2B's 26 by default).")
-    learning_rate: float = Field(2e-5, gt=0, description="Peak AdamW learning rate.")
+    freeze_vision: bool = Field(True, description="Freeze the SigLIP vision tower (paper: yes).")
+    freeze_embeddings: bool = Field(False, description="Freeze the language model's input embeddings (SpatialVLA and paper preset: yes; a fresh model must learn them).")
+    freeze_first_n_layers: int = Field(1, ge=0, description="Freeze the first N Gemma2 layers (paper value lost; paper preset: 12 of Gemma2-2B's 26).")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (paper: 2e-5).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_ratio: float = Field(0.005, ge=0, lt=1, description="Share of steps with linear warm-up, then linear decay to 0.")
-    batch_size: int = Field(32, ge=1, description="Samples per optimizer step.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the train split (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Total optimizer steps (None: from epochs).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warm-up, then linear decay to 0 (SpatialVLA: 0.005).")
+    batch_size: int = Field(8, ge=1, description="Samples per optimizer step (paper: 32 per device).")
+    epochs: float = Field(1.0, gt=0, description="Passes over the train split when max_steps is not set (paper: 1).")
+    max_steps: int | None = Field(80, ge=1, description="Total optimizer steps (None: from epochs).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
-    save_steps: int = Field(500, ge=1, description="Checkpoint every N steps (and at the end).")
+    save_steps: int = Field(40, ge=1, description="Checkpoint every N steps and at the end (paper: 500).")
     max_reasoning_tokens: int = Field(244, ge=0, description="Reasoning tokens kept per sample (paper: 244).")
     action_chunk_size: int = Field(4, ge=1, description="Future actions per sample (SpatialVLA: 4, i.e. 12 action tokens).")
     tokenizer_vocab_size: int = Field(1024, ge=300, description="BPE vocabulary learned for a fresh model (ignored for checkpoints).")

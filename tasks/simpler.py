@@ -37,7 +37,7 @@ class SimplerConfig(BaseModel):
 
     enabled: bool = Field(True, description="Run it when SimplerEnv is importable (skipped with a message otherwise).")
     tasks: list[str] = Field(default_factory=lambda: list(WIDOWX_TASKS), description="simpler_env task names.")
-    episodes_per_task: int = Field(24, ge=1, description="Episodes per task (SimplerEnv's scripts: 24 for WidowX).")
+    episodes_per_task: int = Field(3, ge=1, description="Episodes per task (smoke default; SimplerEnv's protocol and the paper preset: 24).")
     reason: bool = Field(False, description="Reason-then-act at every step (slow) instead of action-only decoding.")
 
 

@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import pyarrow.dataset as pads
+import pytest
+import yaml
+
+from flows.cli import build_parser, main, settings
+from flows.config import PRESETS, DatasetSpec
+from flows.pipeline import ConfigError, preflight
+from tasks.finetune import FinetuneConfig
+
+
+def test_help_documents_every_stage_and_setting():
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for stage in ("sample", "parse", "annotate", "build", "finetune", "evaluate", "attention", "run"):
+        assert stage in out
+    run_help = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--finetune.reasoning-weight" in run_help and "(default: 0.5)" in run_help
+    assert "--annotate.teacher.model" in run_help
+
+
+def test_yaml_then_flags(tmp_path):
+    cfg_file = tmp_path / "ft.yaml"
+    cfg_file.write_text(yaml.safe_dump({"reasoning_weight": 0.2, "batch_size": 16}))
+    args = build_parser().parse_args(["finetune", "--data", "d", "--out", "o", "--config", str(cfg_file), "--batch-size", "4", "--no-freeze-vision"])
+    cfg = settings(FinetuneConfig, args)
+    assert (cfg.reasoning_weight, cfg.batch_size, cfg.freeze_vision) == (0.2, 4, False)
+
+
+def test_invalid_settings_fail_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    bad = PRESETS["paper"].model_copy(update={"datasets": [DatasetSpec(path=str(tmp_path / "nope"))]})
+    with pytest.raises(ConfigError) as e:
+        preflight(bad)
+    msg = str(e.value)
+    assert "no such directory" in msg and "GEMINI_API_KEY" in msg and "finetune.base_model" in msg
+    with pytest.raises(ValueError):
+        FinetuneConfig(reasoning_weight=-1)
+
+
+def test_parse_command_writes_parquet(tmp_path, bridge_dir, prefect_api, capsys):
+    assert main(["parse", str(bridge_dir), "--split", "val", "--out", str(tmp_path / "steps"), "--workdir", str(tmp_path / "w")]) == 0
+    files = list((tmp_path / "steps" / "bridge_dataset" / "val").glob("part-*.parquet"))
+    assert len(files) == 2
+    assert pads.dataset([str(f) for f in files]).count_rows() > 0
+    assert '"shards_parsed": 2' in capsys.readouterr().out

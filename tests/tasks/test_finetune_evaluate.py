@@ -1,0 +1,71 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tasks.attention import AttentionConfig, run_attention
+from tasks.evaluate import run_evaluate
+from tasks.finetune import FinetuneConfig, batch_indices, run_finetune
+from tests.conftest import TINY_FINETUNE
+
+
+def test_batches_cover_each_epoch_once():
+    seen = [i for step in range(1, 4) for i in batch_indices(10, 4, seed=3, step=step)]
+    assert sorted(seen) == list(range(10))
+    assert batch_indices(10, 4, 3, 2) == batch_indices(10, 4, 3, 2)
+
+
+def test_resume_continues_the_same_run(tmp_path, reasoning_dirs, checkpoint):
+    """Kill after step 2 (keep its checkpoint, lose step 4), resume: same weights as the uninterrupted run."""
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    shutil.rmtree(run / "step-4")
+    summary = run_finetune(reasoning_dirs, run, FinetuneConfig(**TINY_FINETUNE))
+    assert summary["resumed_from"] == 2 and summary["checkpoint"].endswith("step-4")
+    a, b = load_file(checkpoint / "model.safetensors"), load_file(run / "step-4" / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    again = run_finetune(reasoning_dirs, run, FinetuneConfig(**TINY_FINETUNE))  # finished: nothing to do
+    assert again["resumed_from"] == 4
+
+
+def test_a_run_folder_holds_one_configuration(tmp_path, reasoning_dirs, checkpoint):
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, run)
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        run_finetune(reasoning_dirs, run, FinetuneConfig(**{**TINY_FINETUNE, "reasoning_weight": 2.0}))
+
+
+def test_training_writes_curves_and_history(checkpoint):
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    assert [h["step"] for h in state["history"]] == [1, 2, 3, 4]
+    h = state["history"][-1]
+    assert h["loss"] == pytest.approx(h["loss_action"] + 0.5 * h["loss_reasoning"], rel=1e-5)
+    png = Image.open(checkpoint.parent / "training_curves.png")
+    assert png.size[0] > 500
+
+
+def test_evaluate_writes_tables_and_sane_metrics(tmp_path, checkpoint, reasoning_dirs):
+    s = run_evaluate(checkpoint, reasoning_dirs, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["per_dataset"]
+    assert set(metrics) == {"bridge_orig/1.0.0", "fractal20220817_data/0.1.0", "all"}
+    assert metrics["all"]["samples"] == s["samples"] == sum(m["samples"] for k, m in metrics.items() if k != "all")
+    for m in metrics.values():
+        assert 0 <= m["action_token_acc"] <= 1 and 0 <= m["reasoning_token_acc"] <= 1 and 0 <= m["gripper_acc"] <= 1
+        assert all(m[f"floor_l1_{d}"] <= 0.05 for d in ("x", "y", "z"))
+    table = (tmp_path / "results.md").read_text()
+    assert "| **all** |" in table and "bridge_orig/1.0.0" in table
+    gens = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert len(gens) == 2 and np.array(gens[0]["actions"]).shape == (4, 7)
+
+
+def test_attention_png(tmp_path, checkpoint, reasoning_dirs):
+    out = run_attention(checkpoint, reasoning_dirs, tmp_path, AttentionConfig(num_samples=1, top_k=4))
+    img = Image.open(out["pngs"][0])
+    assert img.format == "PNG" and img.size[0] > img.size[1] > 200
+    heat = np.load(out["pngs"][0].replace(".png", ".npy"))
+    assert heat.shape == (16, 16) and abs(heat.sum() - 1) < 1e-5 and (heat >= 0).all()
