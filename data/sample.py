@@ -129,19 +129,30 @@ def _language_embedding(text: str) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
+def _sample_builder_base():
+    """What both sample builders share: the episode plans they write, one generator per split."""
+    import tensorflow_datasets as tfds
+
+    class SampleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        def __init__(self, *, plans, quality, seed, scenes, **kwargs):
+            self._plans, self._quality, self._seed, self._scenes = plans, quality, seed, scenes
+            super().__init__(**kwargs)
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in self._plans}
+
+    return SampleBuilder
+
+
 def _bridge_builder():
     import tensorflow_datasets as tfds
 
     img = lambda: tfds.features.Image(shape=(256, 256, 3), dtype=np.uint8, encoding_format="jpeg")  # noqa: E731
 
-    class BridgeDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    class BridgeDataset(_sample_builder_base(), skip_registration=True):
         """BridgeData V2 release spec (`bridge_dataset` 1.0.0, i.e. OpenVLA's `bridge_orig`)."""
 
         VERSION = tfds.core.Version("1.0.0")
-
-        def __init__(self, *, plans, quality, seed, scenes, **kwargs):
-            self._plans, self._quality, self._seed, self._scenes = plans, quality, seed, scenes
-            super().__init__(**kwargs)
 
         def _info(self):
             return tfds.core.DatasetInfo(
@@ -183,9 +194,6 @@ def _bridge_builder():
                     }
                 ),
             )
-
-        def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(split) for split in self._plans}
 
         def _generate_examples(self, split):
             blank = jpeg(np.zeros((256, 256, 3), np.uint8), self._quality)
@@ -244,14 +252,10 @@ def _fractal_builder():
     f32 = lambda *shape: tfds.features.Tensor(shape=shape, dtype=np.float32)  # noqa: E731
     attr_names = ("collection_mode", "data_type", "env", "location", "objects_family", "task_family")
 
-    class Fractal20220817Data(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    class Fractal20220817Data(_sample_builder_base(), skip_registration=True):
         """RT-1 spec (`fractal20220817_data` 0.1.0): dict actions, instruction under observation."""
 
         VERSION = tfds.core.Version("0.1.0")
-
-        def __init__(self, *, plans, quality, seed, scenes, **kwargs):
-            self._plans, self._quality, self._seed, self._scenes = plans, quality, seed, scenes
-            super().__init__(**kwargs)
 
         def _info(self):
             features = {
@@ -302,9 +306,6 @@ def _fractal_builder():
                 ),
             }
             return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
-
-        def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(split) for split in self._plans}
 
         def _generate_examples(self, split):
             quat = np.array([0.0, 0.0, 0.0, 1.0], np.float32)

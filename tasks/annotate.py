@@ -33,16 +33,6 @@ class AnnotateConfig(BaseModel):
     max_workers: int = Field(4, ge=1, le=256, description="Episodes annotated in parallel (threads).")
 
 
-def traces_dir_for(traces_root: str | Path, dataset: str, cfg: AnnotateConfig) -> Path:
-    """Where a teacher's traces of a dataset go, without building the teacher (no API key needed)."""
-    from models.teachers.offline import PROMPT_VERSION as OFFLINE_PROMPT
-    from models.teachers.prompt import PROMPT_VERSION
-
-    t = cfg.teacher
-    name, version = ("offline", OFFLINE_PROMPT) if t.kind == "offline" else (t.model.replace("/", "_"), PROMPT_VERSION)
-    return Path(traces_root) / dataset / teacher_tag(name, version)
-
-
 def _episodes(steps_dir: Path, with_images: bool):
     cols = ["episode_id", "step_index", "instruction", "action"] + (["images"] if with_images else [])
     for part in sorted(steps_dir.rglob("part-*.parquet")):

@@ -34,9 +34,9 @@ class ParseConfig(BaseModel):
 def run_parse(dataset_dir: str | Path, split: str, out_dir: str | Path, cfg: ParseConfig = ParseConfig(), tracker: Tracker = Tracker(None)) -> dict:
     ds = open_rlds(dataset_dir)
     dest = Path(out_dir) / ds.name / split
-    shards = ds.splits.get(split, [])[: cfg.max_shards] if split in ds.splits else None
-    if shards is None:
+    if split not in ds.splits:
         raise ValueError(f"{ds.path}: no split '{split}' (has {sorted(ds.splits)})")
+    shards = ds.splits[split][: cfg.max_shards]
     parsed = reused = episodes = steps = 0
     for shard in tqdm(shards, desc=f"parse {ds.name}/{split}", unit="shard"):
         part = dest / f"part-{shard.name}.parquet"

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from models.objective import apply_freezing, freeze_filters, labelled_window, refinevla_loss
-from models.spatialvla.processing_spatialvla import TOKEN_ACTION, TOKEN_PREFIX, TOKEN_REASONING
+from models.spatialvla.processing_spatialvla import TOKEN_ACTION, TOKEN_REASONING
 
 
 def _batch(seed=0):

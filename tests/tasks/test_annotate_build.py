@@ -6,7 +6,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from models.teachers.offline import OfflineTeacher
-from tasks.annotate import AnnotateConfig, run_annotate, traces_dir_for
+from tasks.annotate import AnnotateConfig, run_annotate
 from tasks.build import BuildConfig, assign_splits, run_build
 
 
@@ -39,14 +39,6 @@ def test_annotate_asks_only_missing_steps(tmp_path, workdir, monkeypatch):
     again = run_annotate(steps_dir, tmp_path, AnnotateConfig())
     assert again["requested"] == 2 and again["reused"] == n - 2
     assert sorted(s for _, s in CountingTeacher.asked) == [len(records) - 2, len(records) - 1]
-
-
-def test_traces_dir_is_known_without_building_the_teacher(tmp_path):
-    from models.teachers import TeacherConfig
-
-    gemini = AnnotateConfig(teacher=TeacherConfig(kind="gemini", model="gemini-x"))
-    assert traces_dir_for(tmp_path, "ds", gemini) == tmp_path / "ds" / "gemini-x@a1-v1"
-    assert traces_dir_for(tmp_path, "ds", AnnotateConfig()) == tmp_path / "ds" / "offline@offline-v1"
 
 
 def test_build_keeps_every_step_splits_by_episode_and_writes_stats(workdir):
