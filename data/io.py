@@ -54,6 +54,45 @@ def write_parquet_atomic(dest: str | os.PathLike, table, row_group_size: int = 1
     return Path(dest)
 
 
+class ParquetPartWriter:
+    """Rows in, one Parquet file out: row groups are written as they fill (memory stays bounded) into a
+    hidden temporary file that replaces `dest` only when the block ends without error."""
+
+    def __init__(self, dest: str | os.PathLike, schema, row_group_size: int = 256):
+        self.dest, self.schema, self.row_group_size = Path(dest), schema, row_group_size
+        self.rows: list[dict] = []
+        self.count = 0
+
+    def __enter__(self) -> ParquetPartWriter:
+        import pyarrow.parquet as pq
+
+        self._path = atomic_path(self.dest)
+        self._tmp = self._path.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        return self
+
+    def write_rows(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        self.count += len(rows)
+        if len(self.rows) >= self.row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.rows:
+            self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=self.row_group_size)
+            self.rows = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            self._writer.close()
+            self._path.__exit__(exc_type, exc, tb)
+
+
 def fingerprint(paths: Iterable[str | os.PathLike], extra: Any = None) -> str:
     """A content fingerprint of files: relative name, size, and a hash of the first and last 64 KiB.
 

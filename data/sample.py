@@ -4,6 +4,7 @@
 
     <out_dir>/bridge_dataset/1.0.0/            train + val, the BridgeData V2 release spec
     <out_dir>/fractal20220817_data/0.1.0/      train, the RT-1 spec
+    <out_dir>/bridge/0.1.0/                    train + test, the Open-X copy of Bridge (only when asked)
 
 with `dataset_info.json`, `features.json` and shard names exactly as `tfds build` writes them (feature
 specs: ../shared/notes/rlds-formats.md §4). Episodes are scripted tabletop demonstrations
@@ -46,6 +47,8 @@ class SampleConfig(BaseModel):
     bridge_train_episodes: int = Field(6, ge=1, le=1000, description="Episodes in bridge_dataset's train split.")
     bridge_val_episodes: int = Field(2, ge=1, le=1000, description="Episodes in bridge_dataset's val split.")
     fractal_episodes: int = Field(4, ge=0, le=1000, description="Episodes in fractal20220817_data's train split (0: skip it).")
+    openx_bridge_episodes: int = Field(0, ge=0, le=1000, description="Episodes per split (train, test) of the Open-X `bridge` 0.1.0 copy (0: skip it).")
+    bridge_unlabelled_episodes: int = Field(0, ge=0, description="Bridge train episodes recorded without language (has_language False, empty instruction).")
     num_shards: int = Field(2, ge=1, le=64, description="TFRecord shards per split.")
     jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of the rendered frames.")
 
@@ -56,6 +59,8 @@ def write_sample_datasets(out_dir: str | Path, cfg: SampleConfig = SampleConfig(
     specs = [("bridge_dataset", "1.0.0", {"train": cfg.bridge_train_episodes, "val": cfg.bridge_val_episodes})]
     if cfg.fractal_episodes:
         specs.append(("fractal20220817_data", "0.1.0", {"train": cfg.fractal_episodes}))
+    if cfg.openx_bridge_episodes:
+        specs.append(("bridge", "0.1.0", {"train": cfg.openx_bridge_episodes, "test": cfg.openx_bridge_episodes}))
     written = []
     for name, version, splits in specs:
         ds_dir = out_dir / name / version
@@ -85,13 +90,17 @@ def _write_one(out_dir: Path, name: str, settings: dict, cfg: SampleConfig) -> N
     ds_dir = out_dir / name / settings["version"]
     if ds_dir.exists():
         shutil.rmtree(ds_dir)  # ours (checked by _up_to_date), with other settings
-    rng = np.random.default_rng(cfg.seed + (0 if name == "bridge_dataset" else 1000))
+    offset = {"bridge_dataset": 0, "fractal20220817_data": 1000, "bridge": 2000}[name]
+    rng = np.random.default_rng(cfg.seed + offset)
     plans = {split: [make_episode(rng) for _ in range(n)] for split, n in settings["splits"].items()}
-    builder_cls = _bridge_builder() if name == "bridge_dataset" else _fractal_builder()
+    for ep in plans.get("train", [])[: cfg.bridge_unlabelled_episodes if name == "bridge_dataset" else 0]:
+        ep.has_language = False  # recorded without language, as some real Bridge episodes are
+    builder_cls = {"bridge_dataset": _bridge_builder, "fractal20220817_data": _fractal_builder, "bridge": _openx_bridge_builder}[name]()
     scenes: dict[str, dict] = {}
-    builder = builder_cls(data_dir=str(out_dir), plans=plans, quality=cfg.jpeg_quality, seed=cfg.seed, scenes=scenes)
+    builder = builder_cls(data_dir=str(out_dir), plans=plans, quality=cfg.jpeg_quality, seed=cfg.seed + offset, scenes=scenes)
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(num_shards=cfg.num_shards),
+        # TFDS needs at least one episode per shard in every split
+        download_config=tfds.download.DownloadConfig(num_shards=min(cfg.num_shards, *settings["splits"].values())),
         download_dir=str(out_dir / ".tfds-downloads"),
     )
     shutil.rmtree(out_dir / ".tfds-downloads", ignore_errors=True)
@@ -108,7 +117,8 @@ def _episode_frames(ep: Episode, views: dict[str, str], hw: tuple[int, int], qua
     rng = np.random.default_rng(seed)
     frames = {cam: [jpeg(render(ep, t, view, *hw, rng), quality) for t in range(ep.num_steps)] for cam, view in views.items()}
     record = {
-        "instruction": ep.instruction,
+        "instruction": ep.instruction,  # the scripted task, also when the dataset records no language
+        "has_language": ep.has_language,
         "task": ep.task,
         "phases": ep.phases,
         "objects": [
@@ -210,7 +220,7 @@ def _bridge_builder():
                 for c in change[:1]:
                     if c > 0:
                         action[c - 1, 6] = 0.5
-                emb = _language_embedding(ep.instruction)
+                emb = _language_embedding(ep.recorded_instruction) if ep.has_language else np.zeros(512, np.float32)
                 steps = [
                     {
                         "observation": {
@@ -226,7 +236,7 @@ def _bridge_builder():
                         "is_first": t == 0,
                         "is_last": t == T - 1,
                         "is_terminal": t == T - 1,
-                        "language_instruction": ep.instruction,
+                        "language_instruction": ep.recorded_instruction,
                         "language_embedding": emb,
                     }
                     for t in range(T)
@@ -238,7 +248,7 @@ def _bridge_builder():
                     "has_image_1": True,
                     "has_image_2": False,
                     "has_image_3": False,
-                    "has_language": True,
+                    "has_language": ep.has_language,
                 }
                 yield f"{split}-{i}", {"steps": steps, "episode_metadata": meta}
 
@@ -359,3 +369,90 @@ def _fractal_builder():
                 yield f"{split}-{i}", {"steps": steps, "aspects": aspects, "attributes": attributes}
 
     return Fractal20220817Data
+
+
+def _openx_bridge_builder():
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    class Bridge(_sample_builder_base(), skip_registration=True):
+        """Open-X copy of Bridge (`bridge` 0.1.0): dict actions, one 480x640 camera, images without an
+        encodingFormat in the spec (TFDS then stores PNG), splits train and test, a top-level episode_id."""
+
+        VERSION = tfds.core.Version("0.1.0")
+
+        def _info(self):
+            f32 = lambda *shape: tfds.features.Tensor(shape=shape, dtype=np.float32)  # noqa: E731
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "episode_id": tfds.features.Tensor(shape=(), dtype=tf.string),
+                        "steps": tfds.features.Dataset(
+                            {
+                                "action": tfds.features.FeaturesDict(
+                                    {
+                                        "open_gripper": tfds.features.Tensor(shape=(), dtype=np.bool_),
+                                        "rotation_delta": f32(3),
+                                        "terminate_episode": tfds.features.Tensor(shape=(), dtype=np.float32),
+                                        "world_vector": f32(3),
+                                    }
+                                ),
+                                "observation": tfds.features.FeaturesDict(
+                                    {
+                                        "image": tfds.features.Image(shape=(480, 640, 3), dtype=np.uint8),
+                                        "natural_language_instruction": tfds.features.Tensor(shape=(), dtype=tf.string),
+                                        "natural_language_embedding": f32(512),
+                                        "state": f32(7),
+                                    }
+                                ),
+                                "is_first": tfds.features.Tensor(shape=(), dtype=np.bool_),
+                                "is_last": tfds.features.Tensor(shape=(), dtype=np.bool_),
+                                "is_terminal": tfds.features.Tensor(shape=(), dtype=np.bool_),
+                                "reward": tfds.features.Scalar(dtype=np.float32),
+                            }
+                        ),
+                    }
+                ),
+            )
+
+        def _generate_examples(self, split):
+            from data.scenes import render
+
+            for i, ep in enumerate(self._plans[split]):
+                rng = np.random.default_rng(self._seed + i)
+                frames = [render(ep, t, "front", 480, 640, rng) for t in range(ep.num_steps)]
+                _, record = _episode_frames(ep, {}, (480, 640), self._quality, self._seed + i)
+                record["objects"] = [
+                    {**o, "boxes": {"image": [object_box(ep, t, j, "front", 480, 640) for t in range(ep.num_steps)]}}
+                    for j, o in enumerate(record["objects"])
+                ]
+                self._scenes[f"{split}/{i}"] = {"split": split, "episode_id": f"sample_{split}_{i}", **record}
+                state = np.concatenate([ep.ee, ep.rpy, ep.gripper_open[:, None]], 1).astype(np.float32)
+                T, emb = ep.num_steps, _language_embedding(ep.instruction)
+                steps = []
+                for t in range(T):
+                    nxt = min(t + 1, T - 1)
+                    steps.append(
+                        {
+                            "action": {
+                                "open_gripper": bool(ep.gripper_open[nxt] > 0.5),
+                                "rotation_delta": (ep.rpy[nxt] - ep.rpy[t]).astype(np.float32),
+                                "terminate_episode": float(t == T - 1),
+                                "world_vector": (ep.ee[nxt] - ep.ee[t]).astype(np.float32),
+                            },
+                            "observation": {
+                                "image": frames[t],  # numpy: TFDS encodes it (PNG, as in the Open-X files)
+                                "natural_language_instruction": ep.instruction,
+                                "natural_language_embedding": emb,
+                                "state": state[t],
+                            },
+                            "is_first": t == 0,
+                            "is_last": t == T - 1,
+                            "is_terminal": t == T - 1,
+                            "reward": float(t == T - 1),
+                        }
+                    )
+                yield f"{split}-{i}", {"episode_id": f"sample_{split}_{i}", "steps": steps}
+
+    return Bridge

@@ -58,6 +58,11 @@ class Episode:
     gripper_open: np.ndarray  # (T,) 1 = open, 0 = closed (state)
     object_xyz: np.ndarray  # (T, n_objects, 3)
     phases: list[str] = field(default_factory=list)  # phase name per step
+    has_language: bool = True  # False: the dataset records this episode without its instruction
+
+    @property
+    def recorded_instruction(self) -> str:
+        return self.instruction if self.has_language else ""
 
     @property
     def num_steps(self) -> int:

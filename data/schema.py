@@ -1,15 +1,18 @@
 """Arrow schemas of the two Parquet products: parsed steps, and steps enriched with reasoning traces.
 
 One row per step. Ids: (`dataset`, `split`, `episode_id`, `step_index`) is unique and stable across
-re-runs; `episode_id` is the source shard file name plus the record index inside it
-(`bridge_dataset-train.tfrecord-00000-of-00002_000003`).
+re-runs and re-sharding: `episode_id` is `<split>-<16 hex>`, a hash of the dataset's own episode id
+(Bridge: episode_metadata file_path + episode_id; Open-X: episode_id) or, where the data has none
+(Fractal), of the episode's content. `source_file` / `source_index` say where the record was read.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-IMAGE = pa.struct([("camera", pa.string()), ("encoding", pa.string()), ("data", pa.binary())])
+# One camera view of a step: its name, sniffed encoding (jpeg / png), whether the camera is an all-zero
+# placeholder (not recorded in this episode), and the encoded bytes exactly as stored in the source.
+IMAGE = pa.struct([("camera", pa.string()), ("encoding", pa.string()), ("dummy", pa.bool_()), ("data", pa.binary())])
 
 STEP_FIELDS = [
     pa.field("dataset", pa.string(), nullable=False),  # TFDS name, e.g. bridge_dataset

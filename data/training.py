@@ -21,8 +21,9 @@ COLUMNS = ["dataset", "episode_id", "step_index", "instruction", "images", "acti
 
 
 def primary_image(images: list[dict]) -> bytes:
-    """The primary camera: `image_0` (bridge) / `image` (fractal), i.e. the first camera name in order."""
-    return min(images, key=lambda im: im["camera"])["data"]
+    """The primary camera: `image_0` (bridge) / `image` (fractal), i.e. the first recorded camera by name."""
+    recorded = [im for im in images if not im["dummy"]] or images
+    return min(recorded, key=lambda im: im["camera"])["data"]
 
 
 def read_reasoning_table(dirs: list[str | Path], columns: list[str] = COLUMNS):

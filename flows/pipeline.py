@@ -23,7 +23,7 @@ from tasks.attention import AttentionConfig, attention_task
 from tasks.build import BuildConfig, build_task
 from tasks.evaluate import EvaluateConfig, evaluate_task
 from tasks.finetune import FinetuneConfig, finetune_task
-from tasks.parse import ParseConfig, parse_task
+from tasks.parse import ParseConfig, merge_summaries, parse_task, shard_groups
 from tasks.sample import sample_task
 from tasks.simpler import SimplerConfig, simpler_available, simpler_task
 from tasks.tracking import TrackingConfig, Tracker, start_run
@@ -63,6 +63,26 @@ def preflight(config: PipelineConfig) -> None:
         raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
 
 
+def parse_datasets(datasets: list[DatasetSpec], out_dir: str, cfg: ParseConfig, opts: dict, run: Tracker) -> list[dict]:
+    """Map `parse_task` over shard groups of every (dataset, split); one merged summary per (dataset, split),
+    logged to `run` with the error report of skipped episodes."""
+    task = parse_task.with_options(**opts)
+    jobs = [(d.path, s, group) for d in datasets for s in d.splits for group in shard_groups(d.path, s, cfg)]
+    futures = [task.submit(path, split, group, out_dir, cfg) for path, split, group in jobs]
+    by_split: dict[tuple[str, str], list[dict]] = {}
+    for (path, split, _), f in zip(jobs, futures):
+        by_split.setdefault((path, split), []).append(f.result())
+    merged = [merge_summaries(parts) for parts in by_split.values()]
+    for m in merged:
+        prefix = f"parse.{m['dataset']}.{m['split']}."
+        run.log_metrics({prefix + k: m[k] for k in ("episodes", "steps", "broken_episodes", "unlabelled_episodes")})
+        if m["errors"]:
+            report = Path(m["steps_dir"]) / m["split"] / "_errors"
+            for f in sorted(report.glob("*.json")):
+                run.log_artifact(f, f"parse_errors/{m['dataset']}/{m['split']}")
+    return merged
+
+
 def _flow_run_id() -> str:
     from prefect.runtime import flow_run
 
@@ -83,8 +103,7 @@ def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
             paths = sample_task.with_options(**opts)(str(layout.datasets), config.sample)
             datasets = [DatasetSpec(path=p, splits=list(read_json(Path(p) / "sample_scenes.json")["settings"]["splits"])) for p in paths]
 
-        parse = parse_task.with_options(**opts)
-        parsed = [f.result() for f in [parse.submit(d.path, s, str(layout.steps), config.parse, run.ref) for d in datasets for s in d.splits]]
+        parsed = parse_datasets(datasets, str(layout.steps), config.parse, opts, run)
         steps_dirs = sorted({p["steps_dir"] for p in parsed})
 
         annotate = annotate_task.with_options(**opts)
@@ -110,6 +129,7 @@ def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
             "mlflow_uri": run.ref.uri, "mlflow_experiment_id": run.ref.experiment_id, "mlflow_run_id": run.ref.run_id,
             "prefect_flow_run_id": _flow_run_id(),
             "steps": sum(p["steps"] for p in parsed), "episodes": sum(p["episodes"] for p in parsed),
+            "broken_episodes": sum(p["broken_episodes"] for p in parsed),
         }
         _report(run, summary, trained, evaluated, built, annotated)
     except BaseException:
@@ -168,10 +188,13 @@ def sample_flow(out_dir: str = "work/datasets", cfg: SampleConfig = SampleConfig
     return sample_task.with_options(result_storage=Layout(Path(workdir).resolve()).prefect_results)(out_dir, cfg)
 
 
-@flow(name="refinevla-parse")
+@flow(name="refinevla-parse", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def parse_flow(dataset_dir: str, split: str, out_dir: str, cfg: ParseConfig = ParseConfig(), workdir: str = "work",
                tracking: TrackingConfig = TrackingConfig()) -> dict:
-    return _stage(workdir, tracking, "parse", lambda o, ref: parse_task.with_options(**o)(dataset_dir, split, out_dir, cfg, ref))
+    def parse(o, ref):
+        return parse_datasets([DatasetSpec(path=dataset_dir, splits=[split])], out_dir, cfg, o, Tracker(ref))[0]
+
+    return _stage(workdir, tracking, "parse", parse)
 
 
 @flow(name="refinevla-annotate")

@@ -40,7 +40,7 @@ def _episodes(steps_dir: Path, with_images: bool):
         for episode_id, g in df.sort_values(["episode_id", "step_index"]).groupby("episode_id", sort=False):
             if list(g["step_index"]) != list(range(len(g))):
                 raise ValueError(f"{part}: episode {episode_id} has steps {list(g['step_index'])}, expected 0..{len(g) - 1}")
-            images = [[(im["camera"], im["encoding"], im["data"]) for im in ims] for ims in g["images"]] if with_images else None
+            images = [[(im["camera"], im["encoding"], im["data"]) for im in ims if not im["dummy"]] for ims in g["images"]] if with_images else None
             yield EpisodeContext(steps_dir.name, str(episode_id), list(g["instruction"]), np.stack(g["action"].to_numpy()), images)
 
 

@@ -65,7 +65,16 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
     parts = sorted(steps_dir.rglob("part-*.parquet"))
     if not parts:
         raise FileNotFoundError(f"{steps_dir}: no parsed steps")
-    episode_ids = [e for p in parts for e in pq.read_table(p, columns=["episode_id"]).column("episode_id").to_pylist()]
+    episode_ids = []
+    where: dict[str, str] = {}
+    for p in parts:
+        ids = set(pq.read_table(p, columns=["episode_id"]).column("episode_id").to_pylist())
+        clash = ids & where.keys()
+        if clash:
+            e = sorted(clash)[0]
+            raise ValueError(f"episode {e} appears in {where[e]} and in {p}: the source holds the same episode twice")
+        where |= dict.fromkeys(ids, str(p))
+        episode_ids += ids
     split_of = assign_splits(episode_ids, cfg.val_fraction, cfg.split_seed)
 
     status = Counter()

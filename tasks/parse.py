@@ -1,25 +1,28 @@
 """Stage 1, parse: RLDS TFRecords → `steps/<dataset>/<split>/part-<shard>.parquet`, one row per step.
 
-One Parquet part per source shard, written atomically; a shard whose part exists is not read again, so
-a killed parse resumes at the first unfinished shard.
+One Parquet part per source shard, streamed episode by episode in row groups and renamed into place when
+the shard is done; a shard whose part exists is not read again, so a killed parse resumes at the first
+unfinished shard. The flow maps `parse_task` over groups of shards (`shard_groups`), so several workers
+can share a dataset. In skip mode a broken episode is reported in `_errors/<shard>.json` next to the
+parts (readers ignore `_` folders) and the rest of the shard is kept.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from data.io import write_parquet_atomic
-from data.rlds import episode_rows, iter_episodes, open_rlds
+from data.io import ParquetPartWriter, read_json, write_json_atomic
+from data.rlds import ParseReport, episode_rows, iter_episodes, open_rlds
 from data.schema import STEP_SCHEMA
 from tasks.caching import stage_cache_policy
-from tasks.tracking import RunRef, Tracker, stage_run
+from tasks.tracking import Tracker
 
 log = logging.getLogger("refinevla")
 
@@ -27,37 +30,67 @@ log = logging.getLogger("refinevla")
 class ParseConfig(BaseModel):
     """How RLDS shards are read."""
 
-    max_shards: int | None = Field(None, ge=1, description="Read only the first N shards of the split (None: all).")
-    row_group_size: int = Field(256, ge=16, le=65536, description="Rows per Parquet row group (steps carry images).")
+    on_error: Literal["raise", "skip"] = Field("raise", description="Bad episode: stop with an error naming file and record, or record it in _errors/ and go on.")
+    empty_instruction: Literal["keep", "skip", "error"] = Field("keep", description="Episodes recorded without language: keep them (instruction ''), leave them out, or stop.")
+    shards_per_task: int = Field(8, ge=1, description="Shards per Prefect task; tasks run in parallel and can go to different workers.")
+    max_shards: int | None = Field(None, ge=1, description="Read only the first N shards of each split (None: all).")
+    row_group_size: int = Field(256, ge=16, le=65536, description="Rows (steps, with their images) per Parquet row group.")
 
 
-def run_parse(dataset_dir: str | Path, split: str, out_dir: str | Path, cfg: ParseConfig = ParseConfig(), tracker: Tracker = Tracker(None)) -> dict:
+def shard_groups(dataset_dir: str | Path, split: str, cfg: ParseConfig) -> list[list[str]]:
     ds = open_rlds(dataset_dir)
-    dest = Path(out_dir) / ds.name / split
     if split not in ds.splits:
         raise ValueError(f"{ds.path}: no split '{split}' (has {sorted(ds.splits)})")
-    shards = ds.splits[split][: cfg.max_shards]
+    files = [str(f) for f in ds.splits[split][: cfg.max_shards]]
+    return [files[i : i + cfg.shards_per_task] for i in range(0, len(files), cfg.shards_per_task)]
+
+
+def run_parse(dataset_dir: str | Path, split: str, out_dir: str | Path, cfg: ParseConfig = ParseConfig(),
+              shards: list[str] | None = None, tracker: Tracker = Tracker(None)) -> dict:
+    """Parse `shards` of a split (default: all, up to max_shards) into Parquet parts under out_dir/<dataset>/<split>."""
+    ds = open_rlds(dataset_dir)
+    files = [Path(s) for s in shards] if shards else [Path(f) for g in shard_groups(dataset_dir, split, cfg) for f in g]
+    dest = Path(out_dir) / ds.name / split
     parsed = reused = episodes = steps = 0
-    for shard in tqdm(shards, desc=f"parse {ds.name}/{split}", unit="shard"):
+    report = ParseReport()
+    for shard in tqdm(files, desc=f"parse {ds.name}/{split}", unit="shard"):
         part = dest / f"part-{shard.name}.parquet"
+        errors = dest / "_errors" / f"{shard.name}.json"
         if part.exists():
-            t = pq.read_table(part, columns=["episode_id"])
-            reused += 1
-        else:
-            rows = [row for ep in iter_episodes(ds, split, [shard]) for row in episode_rows(ds, split, ep)]
-            t = pa.Table.from_pylist(rows, schema=STEP_SCHEMA)
-            write_parquet_atomic(part, t, cfg.row_group_size)
-            parsed += 1
-        episodes += len(set(t.column("episode_id").to_pylist()))
-        steps += t.num_rows
+            ids = pq.read_table(part, columns=["episode_id"]).column("episode_id").to_pylist()
+            episodes, steps, reused = episodes + len(set(ids)), steps + len(ids), reused + 1
+            report.broken += read_json(errors) if errors.exists() else []
+            continue
+        shard_report = ParseReport()
+        with ParquetPartWriter(part, STEP_SCHEMA, cfg.row_group_size) as writer:
+            for ep in iter_episodes(ds, split, [shard], cfg.on_error, cfg.empty_instruction, shard_report):
+                writer.write_rows(episode_rows(ds, split, ep))
+                episodes += 1
+            steps += writer.count
+        if shard_report.broken:
+            write_json_atomic(errors, shard_report.broken)
+        report.broken += shard_report.broken
+        report.unlabelled += shard_report.unlabelled
+        parsed += 1
     summary = {"dataset": ds.name, "version": ds.version, "flavour": ds.flavour, "split": split, "steps_dir": str(Path(out_dir) / ds.name),
-               "episodes": episodes, "steps": steps, "shards_parsed": parsed, "shards_reused": reused}
-    log.info("parsed %s/%s: %d episodes, %d steps (%d shards read, %d already done)", ds.name, split, episodes, steps, parsed, reused)
-    tracker.log_metrics({"episodes": episodes, "steps": steps, "shards_parsed": parsed, "shards_reused": reused})
+               "episodes": episodes, "steps": steps, "shards_parsed": parsed, "shards_reused": reused,
+               "broken_episodes": len(report.broken), "unlabelled_episodes": report.unlabelled, "errors": report.broken}
+    log.info("parsed %s/%s: %d episodes, %d steps (%d shards read, %d already done, %d broken episodes)",
+             ds.name, split, episodes, steps, parsed, reused, len(report.broken))
+    tracker.log_metrics({k: summary[k] for k in ("episodes", "steps", "shards_parsed", "shards_reused", "broken_episodes", "unlabelled_episodes")})
     return summary
 
 
-@task(name="parse", retries=1, retry_delay_seconds=5, cache_policy=stage_cache_policy(__name__, "dataset_dir"), persist_result=True)
-def parse_task(dataset_dir: str, split: str, out_dir: str, cfg: ParseConfig, tracking: RunRef | None = None) -> dict:
-    with stage_run(tracking, f"parse {Path(dataset_dir).parent.name}/{split}", cfg) as tracker:
-        return run_parse(dataset_dir, split, out_dir, cfg, tracker)
+def merge_summaries(parts: list[dict]) -> dict:
+    """One summary per (dataset, split) from the summaries of its shard groups."""
+    out = {k: parts[0][k] for k in ("dataset", "version", "flavour", "split", "steps_dir")}
+    for k in ("episodes", "steps", "shards_parsed", "shards_reused", "broken_episodes", "unlabelled_episodes"):
+        out[k] = sum(p[k] for p in parts)
+    out["errors"] = [e for p in parts for e in p["errors"]]
+    return out
+
+
+@task(name="parse", retries=1, retry_delay_seconds=5, cache_policy=stage_cache_policy(__name__, "shards"), persist_result=True)
+def parse_task(dataset_dir: str, split: str, shards: list[str], out_dir: str, cfg: ParseConfig) -> dict:
+    """One group of shards; the flow logs the merged figures to MLflow."""
+    return run_parse(dataset_dir, split, out_dir, cfg, shards)

@@ -19,7 +19,7 @@ env.configure()
 os.environ["PREFECT_HOME"] = _HOME  # tests never touch the project's .prefect
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-SAMPLE_SETTINGS = dict(seed=7, bridge_train_episodes=3, bridge_val_episodes=2, fractal_episodes=3, num_shards=2)
+SAMPLE_SETTINGS = dict(seed=7, bridge_train_episodes=3, bridge_val_episodes=2, fractal_episodes=3, num_shards=2, bridge_unlabelled_episodes=1)
 TINY_FINETUNE = dict(base_model="tiny", learning_rate=3e-3, batch_size=4, max_steps=4, save_steps=2, warmup_ratio=0.0,
                      freeze_first_n_layers=1, freeze_embeddings=False, max_reasoning_tokens=64)
 
@@ -41,6 +41,16 @@ def bridge_dir(sample_root) -> Path:
 @pytest.fixture(scope="session")
 def fractal_dir(sample_root) -> Path:
     return sample_root / "fractal20220817_data" / "0.1.0"
+
+
+@pytest.fixture(scope="session")
+def openx_dir(tmp_path_factory) -> Path:
+    """Open-X `bridge` 0.1.0 (PNG 480x640 frames), written by TFDS; only the RLDS tests need it."""
+    from data.sample import SampleConfig, write_sample_datasets
+
+    root = tmp_path_factory.mktemp("openx")
+    write_sample_datasets(root, SampleConfig(seed=3, bridge_train_episodes=1, bridge_val_episodes=1, fractal_episodes=0, openx_bridge_episodes=2))
+    return root / "bridge" / "0.1.0"
 
 
 @pytest.fixture(scope="session")

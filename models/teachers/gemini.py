@@ -1,7 +1,7 @@
 """Gemini as the teacher, through the `google-genai` SDK (../shared/notes/gemini-sdk.md).
 
-Per step: every recorded camera view (all-zero placeholder cameras are left out) with its sniffed MIME
-type, then the paper's prompt with the instruction. The answer is parsed by `data.traces`; a malformed
+Per step: every recorded camera view it is given (the annotate stage leaves out the all-zero placeholder
+cameras that parsing marked) with its sniffed MIME type, then the paper's prompt with the instruction. The answer is parsed by `data.traces`; a malformed
 or incomplete answer is asked again up to `max_reasks` times and then recorded as failed with the
 reason, never stored as if valid.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
-from data.images import MIME, is_blank
+from data.images import MIME
 from data.traces import TraceFormatError, TraceRecord, parse_tagged_text
 from models.teachers.base import EpisodeContext, TeacherConfigError
 from models.teachers.prompt import PROMPT_VERSION, render_prompt
@@ -75,7 +75,7 @@ class GeminiTeacher:
         parts = [
             self._types.Part.from_bytes(data=data, mime_type=MIME[enc])
             for _, enc, data in episode.images[step]
-            if enc in MIME and not is_blank(data)
+            if enc in MIME
         ]
         return [*parts, render_prompt(episode.instructions[step])]
 

@@ -89,6 +89,9 @@ class OfflineTeacher:
     def trace(self, episode: EpisodeContext, step: int) -> Trace:
         instruction = episode.instructions[step]
         verb, obj, target = parse_instruction(instruction)
+        unlabelled = not instruction.strip()  # recorded without language: only the motion speaks
+        if unlabelled:
+            verb, obj, target = "unlabelled", "object", None
         actions = np.asarray(episode.actions, dtype=np.float32)
         T = len(actions)
         phases = _phases(actions)
@@ -122,14 +125,17 @@ class OfflineTeacher:
             "retreat": f"Move the arm {motion}, away from the {target or obj}." if motion else "Hold the arm still.",
             "done": "Stop; the task is complete.",
         }[phase]
-        mentioned = f"the {obj}" + (f" and the {target}" if target else "")
+        if unlabelled:
+            steps = ["Move the gripper to the object", "Grasp the object", "Move it where the motion leads", "Release it"]
+        task = "an unlabelled manipulation task (no instruction was recorded)" if unlabelled else instruction.strip().rstrip(".")
+        mentioned = "no objects (no instruction was recorded)" if unlabelled else f"the {obj}" + (f" and the {target}" if target else "")
         return Trace(
             observation=(
                 f"The instruction mentions {mentioned}. The gripper is {'closed' if holding else 'open'}"
                 f"{' and holds the ' + obj if holding and phase != 'grasp' else ''}."
             ),
             situation_analysis=(
-                f"The task is to {instruction.strip().rstrip('.')}. This is step {step + 1} of {T}; "
+                f"The task is {'' if unlabelled else 'to '}{task}. This is step {step + 1} of {T}; "
                 f"the robot is in the {phase} phase."
             ),
             spatial_reasoning=(
@@ -137,7 +143,7 @@ class OfflineTeacher:
                 f"{', toward the ' + goal if motion and goal != 'a lifted position' and phase in ('approach', 'carry') else ''}. "
                 f"{'The ' + obj + ' must end up at the ' + target + '.' if target else 'The ' + obj + ' must be lifted from the table.'}"
             ),
-            task_planning=f"The robot needs to {instruction.strip().rstrip('.').lower()}",
+            task_planning="The robot follows its recorded motion" if unlabelled else f"The robot needs to {task.lower()}",
             logical_steps=steps,
             sub_action=sub_action,
         )

@@ -46,3 +46,25 @@ def test_parse_command_writes_parquet(tmp_path, bridge_dir, prefect_api, capsys)
     assert len(files) == 2
     assert pads.dataset([str(f) for f in files]).count_rows() > 0
     assert '"shards_parsed": 2' in capsys.readouterr().out
+
+
+def test_skipped_episodes_are_reported_to_mlflow(tmp_path, bridge_dir, prefect_api):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from tasks.tracking import TrackingConfig, resolve_uri
+
+    d = tmp_path / "bridge_dataset" / "1.0.0"
+    shutil.copytree(bridge_dir, d)
+    shard = d / "bridge_dataset-train.tfrecord-00001-of-00002"
+    data = bytearray(shard.read_bytes())
+    data[3000] ^= 0xFF  # corrupt the first episode of the shard
+    shard.write_bytes(bytes(data))
+    work = tmp_path / "w"
+    assert main(["parse", str(d), "--split", "train", "--out", str(tmp_path / "steps"), "--workdir", str(work), "--on-error", "skip"]) == 0
+    client = MlflowClient(resolve_uri(TrackingConfig(), work))
+    run = client.search_runs([client.get_experiment_by_name("refinevla").experiment_id])[0]
+    assert run.data.metrics["parse.bridge_dataset.train.broken_episodes"] == 1
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "parse_errors/bridge_dataset/train")]
+    assert artifacts == [f"parse_errors/bridge_dataset/train/{shard.name}.json"]

@@ -23,7 +23,7 @@ def _jpeg(value):
 
 
 def _episode():
-    images = [[("image_0", "jpeg", _jpeg(120)), ("image_1", "jpeg", _jpeg(200)), ("image_2", "jpeg", _jpeg(0))]]
+    images = [[("image_0", "jpeg", _jpeg(120)), ("image_1", "jpeg", _jpeg(200))]]
     return EpisodeContext("bridge_dataset", "ep0", ["put the red block on the blue plate"], np.zeros((1, 7)), images)
 
 
@@ -43,7 +43,7 @@ def test_valid_answer_becomes_a_trace_and_images_arrive_intact(monkeypatch, capl
     assert req["path"] == "/v1beta/models/gemini-test:generateContent"
     assert req["headers"]["x-goog-api-key"] == KEY
     sent = _episode().images[0]
-    assert [(m, b) for m, b in req["images"]] == [("image/jpeg", sent[0][2]), ("image/jpeg", sent[1][2])]  # blank camera left out
+    assert [(m, b) for m, b in req["images"]] == [("image/jpeg", sent[0][2]), ("image/jpeg", sent[1][2])]
     assert "Instruction: put the red block on the blue plate" in req["texts"][-1] and "#4 <Task Planning>" in req["texts"][-1]
     assert KEY not in caplog.text
 

@@ -41,6 +41,13 @@ def test_annotate_asks_only_missing_steps(tmp_path, workdir, monkeypatch):
     assert sorted(s for _, s in CountingTeacher.asked) == [len(records) - 2, len(records) - 1]
 
 
+def test_teachers_see_only_recorded_cameras(workdir):
+    from tasks.annotate import _episodes
+
+    ep = next(_episodes(workdir / "steps" / "bridge_dataset", with_images=True))
+    assert [cam for cam, _, _ in ep.images[0]] == ["image_0", "image_1"]  # image_2/3 are all-zero placeholders
+
+
 def test_build_keeps_every_step_splits_by_episode_and_writes_stats(workdir):
     out = workdir / "reasoning" / "bridge_dataset"
     train = pads.dataset(str(out / "train")).to_table().to_pandas()
