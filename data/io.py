@@ -46,14 +46,6 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def write_parquet_atomic(dest: str | os.PathLike, table, row_group_size: int = 1024) -> Path:
-    import pyarrow.parquet as pq
-
-    with atomic_path(dest) as tmp:
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
-    return Path(dest)
-
-
 class ParquetPartWriter:
     """Rows in, one Parquet file out: row groups are written as they fill (memory stays bounded) into a
     hidden temporary file that replaces `dest` only when the block ends without error."""

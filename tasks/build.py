@@ -15,12 +15,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, Field
 
-from data.io import read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
+from data.io import ParquetPartWriter, read_json, write_json_atomic, write_text_atomic
 from data.schema import REASONING_SCHEMA
 from data.statistics import dataset_statistics, unnorm_key
 from data.traces import TRACE_FIELDS, Trace
@@ -98,7 +97,8 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
             sel = [r for r in rows if split_of[r["episode_id"]] == split]
             if not sel:
                 continue
-            write_parquet_atomic(out_dir / split / f"part-{i:05d}.parquet", pa.Table.from_pylist(sel, schema=REASONING_SCHEMA), cfg.row_group_size)
+            with ParquetPartWriter(out_dir / split / f"part-{i:05d}.parquet", REASONING_SCHEMA, cfg.row_group_size) as writer:
+                writer.write_rows(sel)
             counts[split]["steps"] += len(sel)
             counts[split]["episodes"] += len({r["episode_id"] for r in sel})
             if split == "train":
