@@ -48,10 +48,14 @@ def read_json(path: str | os.PathLike) -> Any:
 
 class ParquetPartWriter:
     """Rows in, one Parquet file out: row groups are written as they fill (memory stays bounded) into a
-    hidden temporary file that replaces `dest` only when the block ends without error."""
+    hidden temporary file that replaces `dest` only when the block, final flush included, ends without error.
 
-    def __init__(self, dest: str | os.PathLike, schema, row_group_size: int = 256):
-        self.dest, self.schema, self.row_group_size = Path(dest), schema, row_group_size
+    `metadata` (str → str) goes into the file's key-value metadata: what produced the part, so a later
+    run can tell whether it may reuse it (`part_metadata`)."""
+
+    def __init__(self, dest: str | os.PathLike, schema, row_group_size: int = 256, metadata: dict[str, str] | None = None):
+        self.dest, self.row_group_size = Path(dest), row_group_size
+        self.schema = schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in (metadata or {}).items()}})
         self.rows: list[dict] = []
         self.count = 0
 
@@ -80,9 +84,20 @@ class ParquetPartWriter:
         try:
             if exc_type is None:
                 self._flush()
-        finally:
             self._writer.close()
-            self._path.__exit__(exc_type, exc, tb)
+        except BaseException as e:  # a failed final flush must not publish a partial file
+            self._writer.close()
+            self._path.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._path.__exit__(exc_type, exc, tb)
+
+
+def part_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The key-value metadata a `ParquetPartWriter` stored (empty for other files)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
 
 
 def fingerprint(paths: Iterable[str | os.PathLike], extra: Any = None) -> str:
@@ -91,17 +106,16 @@ def fingerprint(paths: Iterable[str | os.PathLike], extra: Any = None) -> str:
     Rewriting a file with the same content keeps the fingerprint (mtimes are ignored), so an identical
     rebuild does not invalidate what depends on it. The tail covers Parquet footers (row-group metadata
     and statistics); TFRecord and Parquet files are always rewritten whole, never patched in the middle.
-    Directories are walked recursively; hidden (temporary) files are ignored. `extra` (JSON-able) is
+    Directories are walked recursively; hidden (temporary) files and folders are ignored. `extra` (JSON-able) is
     folded in so one key covers inputs and settings.
     """
     h = hashlib.sha256()
     for root in sorted(str(p) for p in paths):
         base = Path(root)
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()) if base.exists() else []
+        files = [f for f in files if f == base or not any(part.startswith(".") for part in f.relative_to(base).parts)]
         h.update(f"root:{root}:{len(files)}\n".encode())
         for f in files:
-            if f.name.startswith("."):
-                continue
             size = f.stat().st_size
             h.update(f"{f.relative_to(base) if f != base else f.name}:{size}\n".encode())
             with open(f, "rb") as fh:

@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from data.io import read_json, write_json_atomic
 from data.scenes import Episode, jpeg, make_episode, object_box, render
@@ -42,6 +42,8 @@ SIDECAR = "sample_scenes.json"
 
 class SampleConfig(BaseModel):
     """Settings of the bundled sample datasets (the demo's default input)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="Random seed; the same seed gives the same episodes.")
     bridge_train_episodes: int = Field(6, ge=1, le=1000, description="Episodes in bridge_dataset's train split.")

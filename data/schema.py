@@ -37,7 +37,7 @@ STEP_FIELDS = [
 STEP_SCHEMA = pa.schema(STEP_FIELDS)
 
 TRACE_COLUMNS = [
-    pa.field("trace_status", pa.string(), nullable=False),  # ok | failed | missing
+    pa.field("trace_status", pa.string(), nullable=False),  # ok | failed | missing | stale
     pa.field("trace_error", pa.string()),
     pa.field("observation", pa.string()),
     pa.field("situation_analysis", pa.string()),

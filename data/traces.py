@@ -19,6 +19,7 @@ not annotated yet are `null`. Each entry is a `TraceRecord` dict with a status, 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from dataclasses import asdict, dataclass, field
@@ -175,10 +176,21 @@ class TraceRecord:
     error: str | None = None
     attempts: int = 1
     usage: dict[str, int] = field(default_factory=dict)
+    episode_key: str = ""  # `episode_key()` of the data the trace was asked for; a mismatch makes it stale
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def episode_key(instructions: list[str], actions) -> str:
+    """Identifies what a trace was asked about: the episode's instructions and actions. If the data under
+    an episode id changes (a regenerated or corrected dataset), its stored traces no longer match."""
+    import numpy as np
+
+    h = hashlib.sha1("\x1f".join(instructions).encode())
+    h.update(np.ascontiguousarray(actions, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def teacher_tag(teacher: str, prompt_version: str) -> str:

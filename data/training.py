@@ -26,6 +26,15 @@ def primary_image(images: list[dict]) -> bytes:
     return min(recorded, key=lambda im: im["camera"])["data"]
 
 
+def split_dirs(data_dirs: list[str | Path], split: str) -> list[Path]:
+    """`<dataset>/<split>` of each reasoning dataset that has rows in that split (a dataset of one episode has
+    no val split); an error when none has."""
+    found = [Path(d) / split for d in data_dirs if any((Path(d) / split).glob("part-*.parquet"))]
+    if not found:
+        raise FileNotFoundError(f"no '{split}' split in {[str(d) for d in data_dirs]}; build them with val_fraction > 0")
+    return found
+
+
 def read_reasoning_table(dirs: list[str | Path], columns: list[str] = COLUMNS):
     dirs = [Path(d) for d in dirs]
     missing = [str(d) for d in dirs if not d.exists()]

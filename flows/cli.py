@@ -236,7 +236,7 @@ def print_summary(s: dict) -> None:
         "",
         "ReFineVLA pipeline finished.",
         f"  steps parsed        {s['steps']} steps in {s['episodes']} episodes"
-        + (f"; {s['broken_episodes']} broken episodes skipped (see steps/<dataset>/<split>/_errors/)" if s["broken_episodes"] else ""),
+        + (f"; {s['broken_episodes']} broken episodes skipped (see steps/<dataset>/<split>/_reports/)" if s["broken_episodes"] else ""),
         f"  reasoning dataset   {', '.join(s['reasoning'])}  (train/ val/ Parquet, stats.json, README.md)",
         f"  action statistics   {', '.join(s['stats'])}",
         f"  checkpoint          {s['checkpoint']}",

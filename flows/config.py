@@ -24,6 +24,8 @@ from tasks.tracking import TrackingConfig
 class DatasetSpec(BaseModel):
     """An RLDS dataset directory (TFDS layout) and the splits to read."""
 
+    model_config = ConfigDict(extra="forbid")
+
     path: str = Field(description="<root>/<name>/<version> or <root>/<name> (newest version).")
     splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits to parse, e.g. [train, val].")
 
@@ -31,7 +33,7 @@ class DatasetSpec(BaseModel):
 class PipelineConfig(BaseModel):
     """parse → annotate → build → fine-tune → evaluate (offline + SimplerEnv) → attention maps."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     workdir: str = Field("work", description="Folder (shared by all workers) holding every stage's files, MLflow and caches.")
     run_name: str = Field("tiny-demo", description="Names the checkpoint, eval and attention folders and the MLflow run.")

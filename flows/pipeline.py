@@ -26,7 +26,7 @@ from tasks.finetune import FinetuneConfig, finetune_task
 from tasks.parse import ParseConfig, merge_summaries, parse_task, shard_groups
 from tasks.sample import sample_task
 from tasks.simpler import SimplerConfig, simpler_available, simpler_task
-from tasks.tracking import TrackingConfig, Tracker, start_run
+from tasks.tracking import Tracker, TrackingConfig, start_run
 
 log = logging.getLogger("refinevla")
 
@@ -52,6 +52,8 @@ def preflight(config: PipelineConfig) -> None:
             problems.append(str(e))
     if config.annotate.teacher.kind == "gemini" and not api_key_from_env():
         problems.append(f"the Gemini teacher needs an API key in ${API_KEY_ENV[0]} or ${API_KEY_ENV[1]}")
+    if config.build.val_fraction == 0:
+        problems.append("build.val_fraction is 0: evaluation and attention maps need held-out episodes")
     ft = config.finetune
     if ft.base_model in SHAPES:
         layers = SHAPES[ft.base_model]["text"]["num_hidden_layers"]
@@ -76,9 +78,8 @@ def parse_datasets(datasets: list[DatasetSpec], out_dir: str, cfg: ParseConfig, 
     for m in merged:
         prefix = f"parse.{m['dataset']}.{m['split']}."
         run.log_metrics({prefix + k: m[k] for k in ("episodes", "steps", "broken_episodes", "unlabelled_episodes")})
-        if m["errors"]:
-            report = Path(m["steps_dir"]) / m["split"] / "_errors"
-            for f in sorted(report.glob("*.json")):
+        for f in sorted((Path(m["steps_dir"]) / m["split"] / "_reports").glob("*.json")):
+            if read_json(f)["broken"]:
                 run.log_artifact(f, f"parse_errors/{m['dataset']}/{m['split']}")
     return merged
 

@@ -34,7 +34,7 @@ def fuse_topk(att: np.ndarray, top_k: int) -> tuple[np.ndarray, list[tuple[int, 
     score = att.sum(-1).mean(-1)  # (L, H): image mass per head, averaged over action queries
     order = np.argsort(score.reshape(-1))[::-1][: max(1, min(top_k, L * H))]
     chosen = [(int(i // H), int(i % H)) for i in order]
-    fused = np.mean([att[l, h].mean(0) for l, h in chosen], axis=0)
+    fused = np.mean([att[layer, head].mean(0) for layer, head in chosen], axis=0)
     return fused / max(float(fused.sum()), 1e-12), chosen
 
 

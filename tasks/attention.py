@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from data.io import atomic_path
 from tasks.caching import stage_cache_policy
+from tasks.retry import transient_only
 from tasks.tracking import RunRef, Tracker, stage_run
 
 log = logging.getLogger("refinevla")
@@ -23,6 +24,8 @@ log = logging.getLogger("refinevla")
 
 class AttentionConfig(BaseModel):
     """Attention-map extraction."""
+
+    model_config = ConfigDict(extra="forbid")
 
     top_k: int = Field(8, ge=1, description="(layer, head) maps averaged in the top-k fusion.")
     num_samples: int = Field(1, ge=1, description="Val steps to draw (the first N).")
@@ -36,13 +39,13 @@ def run_attention(checkpoint: str | Path, data_dirs: list[str | Path], out_dir: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from data.training import StepSamples
+    from data.training import StepSamples, split_dirs
     from models.attention import action_image_attention, fuse_topk, overlay
     from models.spatialvla.policy import load_checkpoint
     from models.spatialvla.processing_spatialvla import TOKEN_ACTION
 
     model, proc = load_checkpoint(checkpoint)
-    samples = StepSamples([Path(d) / "val" for d in data_dirs], proc.action_chunk_size, proc.training_sample)
+    samples = StepSamples(split_dirs(data_dirs, "val"), proc.action_chunk_size, proc.training_sample)
     out_dir = Path(out_dir)
     pngs = []
     for i in range(min(cfg.num_samples, len(samples))):
@@ -70,14 +73,15 @@ def run_attention(checkpoint: str | Path, data_dirs: list[str | Path], out_dir: 
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
-        np.save(path.with_suffix(".npy"), fused.reshape(g, g))
+        with atomic_path(path.with_suffix(".npy")) as tmp, open(tmp, "wb") as f:
+            np.save(f, fused.reshape(g, g))
         tracker.log_artifact(path)
         pngs.append(str(path))
         log.info("attention map %s (heads %s)", path, chosen[:4])
     return {"out_dir": str(out_dir), "pngs": pngs}
 
 
-@task(name="attention", retries=1, retry_delay_seconds=10, cache_policy=stage_cache_policy(__name__, "checkpoint", "data_dirs"), persist_result=True)
+@task(name="attention", retry_condition_fn=transient_only, retries=1, retry_delay_seconds=10, cache_policy=stage_cache_policy(__name__, "checkpoint", "data_dirs"), persist_result=True)
 def attention_task(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: AttentionConfig, tracking: RunRef | None = None) -> dict:
     with stage_run(tracking, "attention", cfg) as tracker:
         return run_attention(checkpoint, data_dirs, out_dir, cfg, tracker)

@@ -1,8 +1,8 @@
 """Stage 3, build: steps + traces → `reasoning/<dataset>/{train,val}/part-*.parquet`, stats.json, README.md.
 
 Episodes are split into train/val deterministically (rank of a seeded hash of the episode id, at least one
-val episode when there are two or more). Every step is kept, with `trace_status` ok / failed / missing,
-so nothing is lost and training chooses what to use. Action statistics (SpatialVLA's processor shape,
+val episode when there are two or more). Every step is kept, with `trace_status` ok / failed / missing /
+stale (a trace asked about other data than these steps), so nothing is lost and training uses only ok. Action statistics (SpatialVLA's processor shape,
 keyed by unnorm_key) are computed on the train split. Parts are written part by part (bounded memory)
 and each file appears atomically.
 """
@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from data.io import ParquetPartWriter, read_json, write_json_atomic, write_text_atomic
 from data.schema import REASONING_SCHEMA
 from data.statistics import dataset_statistics, unnorm_key
-from data.traces import TRACE_FIELDS, Trace
+from data.traces import TRACE_FIELDS, Trace, episode_key
 from tasks.caching import stage_cache_policy
+from tasks.retry import transient_only
 from tasks.tracking import RunRef, Tracker, stage_run
 
 log = logging.getLogger("refinevla")
@@ -32,6 +33,8 @@ SPLITS = ("train", "val")
 
 class BuildConfig(BaseModel):
     """How the reasoning dataset is split and written."""
+
+    model_config = ConfigDict(extra="forbid")
 
     val_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of episodes held out for validation.")
     split_seed: int = Field(0, description="Seed of the episode → split assignment.")
@@ -46,12 +49,14 @@ def assign_splits(episode_ids: list[str], val_fraction: float, seed: int) -> dic
     return {e: ("val" if i < n_val else "train") for i, e in enumerate(ranked)}
 
 
-def _trace_columns(record: dict | None) -> dict:
+def _trace_columns(record: dict | None, key: str) -> dict:
     empty = {k: None for k in TRACE_FIELDS} | {"reasoning_text": None, "teacher": None, "teacher_model": None, "prompt_version": None}
     if record is None:
         return empty | {"trace_status": "missing", "trace_error": "no annotation for this step"}
     base = empty | {"teacher": record["teacher"], "teacher_model": record["model"], "prompt_version": record["prompt_version"],
                     "trace_status": record["status"], "trace_error": record.get("error")}
+    if record.get("episode_key") != key:
+        return base | {"trace_status": "stale", "trace_error": "the trace was asked about other data; annotate again"}
     if record["status"] != "ok":
         return base
     trace = Trace.from_dict(record["trace"])
@@ -78,36 +83,42 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
 
     status = Counter()
     train_actions, train_states, counts = [], [], {s: Counter() for s in SPLITS}
+    written: dict[str, set] = {s: set() for s in SPLITS}
     dataset = version = None
     for i, part in enumerate(parts):
         df = pq.read_table(part).to_pandas()
+        if df.empty:  # every episode of the shard was skipped at parse time
+            continue
         dataset, version = df["dataset"].iloc[0], df["dataset_version"].iloc[0]
         key = unnorm_key(dataset, version)
-        traces = {}
-        for ep in df["episode_id"].unique():
+        traces, keys = {}, {}
+        for ep, g in df.sort_values("step_index").groupby("episode_id"):
             path = traces_dir / f"{ep}.json"
             traces[ep] = read_json(path) if path.exists() else []
+            keys[ep] = episode_key(list(g["instruction"]), np.stack(g["action"].to_numpy()))
         rows = []
         for r in df.to_dict("records"):
             recs = traces[r["episode_id"]]
             record = recs[r["step_index"]] if r["step_index"] < len(recs) else None
-            rows.append(r | {"unnorm_key": key} | _trace_columns(record))
+            rows.append(r | {"unnorm_key": key} | _trace_columns(record, keys[r["episode_id"]]))
             status[rows[-1]["trace_status"]] += 1
         for split in SPLITS:
             sel = [r for r in rows if split_of[r["episode_id"]] == split]
             if not sel:
                 continue
-            with ParquetPartWriter(out_dir / split / f"part-{i:05d}.parquet", REASONING_SCHEMA, cfg.row_group_size) as writer:
+            name = f"part-{i:05d}.parquet"
+            with ParquetPartWriter(out_dir / split / name, REASONING_SCHEMA, cfg.row_group_size) as writer:
                 writer.write_rows(sel)
+            written[split].add(name)
             counts[split]["steps"] += len(sel)
             counts[split]["episodes"] += len({r["episode_id"] for r in sel})
             if split == "train":
                 train_actions += [r["action"] for r in sel]
                 train_states += [r["state"] for r in sel]
-    for split in SPLITS:  # parts left over from an earlier build with more parts
-        for stale in (out_dir / split).glob("part-*.parquet"):
-            if int(stale.stem.split("-")[1]) >= len(parts):
-                stale.unlink()
+    for split in SPLITS:  # parts of an earlier build (other split settings, more parts) must not linger
+        for old in (out_dir / split).glob("part-*.parquet"):
+            if old.name not in written[split]:
+                old.unlink()
     if not train_actions:
         raise ValueError(f"{steps_dir}: no train episodes (val_fraction={cfg.val_fraction}, {len(split_of)} episodes)")
 
@@ -118,11 +129,11 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
         "dataset": dataset, "version": version, "unnorm_key": key, "out_dir": str(out_dir), "stats": str(out_dir / "stats.json"),
         "train_steps": counts["train"]["steps"], "val_steps": counts["val"]["steps"],
         "train_episodes": counts["train"]["episodes"], "val_episodes": counts["val"]["episodes"],
-        "trace_ok": status["ok"], "trace_failed": status["failed"], "trace_missing": status["missing"],
+        "trace_ok": status["ok"], "trace_failed": status["failed"], "trace_missing": status["missing"], "trace_stale": status["stale"],
     }
     write_text_atomic(out_dir / "README.md", dataset_card(summary, traces_dir))
-    log.info("built %s: %d train / %d val steps; traces ok %d, failed %d, missing %d", dataset, summary["train_steps"],
-             summary["val_steps"], status["ok"], status["failed"], status["missing"])
+    log.info("built %s: %d train / %d val steps; traces ok %d, failed %d, missing %d, stale %d", dataset, summary["train_steps"],
+             summary["val_steps"], status["ok"], status["failed"], status["missing"], status["stale"])
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, int)})
     tracker.log_artifact(out_dir / "stats.json")
     tracker.log_artifact(out_dir / "README.md")
@@ -141,8 +152,8 @@ from the teacher in `{traces_dir.name}` (teacher@prompt-version).
 | train | {s['train_episodes']} | {s['train_steps']} |
 | val | {s['val_episodes']} | {s['val_steps']} |
 
-Trace status: ok {s['trace_ok']}, failed {s['trace_failed']}, missing {s['trace_missing']} (rows are kept either way;
-filter on `trace_status`).
+Trace status: ok {s['trace_ok']}, failed {s['trace_failed']}, missing {s['trace_missing']}, stale {s['trace_stale']}
+(rows are kept either way; filter on `trace_status`).
 
 - Files: `train/part-*.parquet`, `val/part-*.parquet` (schema: `data/schema.py` REASONING_SCHEMA), `stats.json`
   (action/proprio statistics of the train split under the key `{s['unnorm_key']}`, SpatialVLA's processor shape).
@@ -153,7 +164,7 @@ filter on `trace_status`).
 """
 
 
-@task(name="build", retries=1, retry_delay_seconds=5, cache_policy=stage_cache_policy(__name__, "steps_dir", "traces_dir"), persist_result=True)
+@task(name="build", retry_condition_fn=transient_only, retries=1, retry_delay_seconds=5, cache_policy=stage_cache_policy(__name__, "steps_dir", "traces_dir"), persist_result=True)
 def build_task(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig, tracking: RunRef | None = None) -> dict:
     with stage_run(tracking, f"build {Path(steps_dir).name}", cfg) as tracker:
         return run_build(steps_dir, traces_dir, out_dir, cfg, tracker)

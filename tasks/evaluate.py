@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from data.io import write_json_atomic, write_text_atomic
+from data.io import atomic_path, write_json_atomic, write_text_atomic
 from tasks.caching import stage_cache_policy
+from tasks.retry import transient_only
 from tasks.tracking import RunRef, Tracker, stage_run
 
 log = logging.getLogger("refinevla")
@@ -32,6 +33,8 @@ DIMS = ("x", "y", "z", "roll", "pitch", "yaw")
 
 class EvaluateConfig(BaseModel):
     """Offline evaluation on the val split."""
+
+    model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(8, ge=1, description="Samples per forward pass.")
     max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many val steps (None: all).")
@@ -49,7 +52,7 @@ def run_evaluate(checkpoint: str | Path, data_dirs: list[str | Path], out_dir: s
                  tracker: Tracker = Tracker(None)) -> dict:
     import torch
 
-    from data.training import StepSamples
+    from data.training import StepSamples, split_dirs
     from models.objective import labelled_window, refinevla_loss
     from models.spatialvla.action_tokenizer import SpatialActionTokenizer
     from models.spatialvla.policy import load_checkpoint, predict
@@ -58,7 +61,7 @@ def run_evaluate(checkpoint: str | Path, data_dirs: list[str | Path], out_dir: s
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out_dir = Path(out_dir)
     model, proc = load_checkpoint(checkpoint, device)
-    samples = StepSamples([Path(d) / "val" for d in data_dirs], proc.action_chunk_size, proc.training_sample)
+    samples = StepSamples(split_dirs(data_dirs, "val"), proc.action_chunk_size, proc.training_sample)
     n = min(len(samples), cfg.max_samples or len(samples))
     ranges = SpatialActionTokenizer.slot_ranges()
     begin = proc.action_token_begin_idx
@@ -109,11 +112,12 @@ def run_evaluate(checkpoint: str | Path, data_dirs: list[str | Path], out_dir: s
         generations.append({"episode_id": rec["episode_id"], "step_index": rec["step_index"], "instruction": rec["instruction"],
                             "reasoning": p.reasoning, "actions": p.actions.tolist(), "gt_actions": rec["actions"].tolist()})
     write_text_atomic(out_dir / "generations.jsonl", "".join(json.dumps(g) + "\n" for g in generations))
-    pd.DataFrame(rows).to_parquet(out_dir / "predictions.parquet")
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        pd.DataFrame(rows).to_parquet(tmp)
     write_json_atomic(out_dir / "metrics.json", {"checkpoint": str(checkpoint), "samples": n, "per_dataset": table})
     frame = pd.DataFrame(table).T
     frame.index.name = "dataset"
-    frame.to_csv(out_dir / "results.csv")
+    write_text_atomic(out_dir / "results.csv", frame.to_csv())
     write_text_atomic(out_dir / "results.md", results_markdown(table, checkpoint))
     for f in ("metrics.json", "results.md", "results.csv", "generations.jsonl"):
         tracker.log_artifact(out_dir / f)
@@ -152,7 +156,7 @@ def results_markdown(table: dict, checkpoint) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=10, cache_policy=stage_cache_policy(__name__, "checkpoint", "data_dirs"), persist_result=True)
+@task(name="evaluate", retry_condition_fn=transient_only, retries=1, retry_delay_seconds=10, cache_policy=stage_cache_policy(__name__, "checkpoint", "data_dirs"), persist_result=True)
 def evaluate_task(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: EvaluateConfig, tracking: RunRef | None = None) -> dict:
     with stage_run(tracking, "evaluate", cfg) as tracker:
         return run_evaluate(checkpoint, data_dirs, out_dir, cfg, tracker)

@@ -26,11 +26,12 @@ from typing import Literal
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from data.io import fingerprint, read_json, write_json_atomic
+from data.io import atomic_path, fingerprint, read_json, write_json_atomic
 from tasks.caching import stage_cache_policy
+from tasks.retry import transient_only
 from tasks.tracking import RunRef, Tracker, stage_run
 
 log = logging.getLogger("refinevla")
@@ -39,6 +40,8 @@ log = logging.getLogger("refinevla")
 class FinetuneConfig(BaseModel):
     """ReFineVLA fine-tuning. Defaults are the embedded demo (a fresh tiny model on the sample data);
     the `paper` preset (flows/config.py) holds the paper's Table 7 values, quoted in each description."""
+
+    model_config = ConfigDict(extra="forbid")
 
     base_model: str = Field("tiny", description="'tiny' or '4b' (fresh weights of that shape, tokenizer trained on the data), or a checkpoint directory.")
     reasoning_weight: float = Field(0.5, ge=0.0, le=100.0, description="λ in L = L_action + λ·L_reasoning (paper value lost in extraction; its ablation peaks mid-range).")
@@ -136,7 +139,8 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     b.set(xlabel="step", ylabel="accuracy", title="next-token accuracy (train batch)", ylim=(0, 1))
     b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -235,7 +239,7 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     return summary
 
 
-@task(name="finetune", retries=1, retry_delay_seconds=30, cache_policy=stage_cache_policy(__name__, "data_dirs"), persist_result=True)
+@task(name="finetune", retry_condition_fn=transient_only, retries=1, retry_delay_seconds=30, cache_policy=stage_cache_policy(__name__, "data_dirs"), persist_result=True)
 def finetune_task(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig, tracking: RunRef | None = None) -> dict:
     with stage_run(tracking, "finetune", cfg) as tracker:
         return run_finetune(data_dirs, out_dir, cfg, tracker)

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from data.io import write_json_atomic
+from data.io import atomic_path, write_json_atomic, write_text_atomic
 from tasks.caching import stage_cache_policy
+from tasks.retry import transient_only
 from tasks.tracking import RunRef, Tracker, stage_run
 
 log = logging.getLogger("refinevla")
@@ -34,6 +35,8 @@ INSTALL_HINT = (
 
 class SimplerConfig(BaseModel):
     """SimplerEnv evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Run it when SimplerEnv is importable (skipped with a message otherwise).")
     tasks: list[str] = Field(default_factory=lambda: list(WIDOWX_TASKS), description="simpler_env task names.")
@@ -97,16 +100,17 @@ def run_simpler(checkpoint: str | Path, out_dir: str | Path, cfg: SimplerConfig 
     df = pd.DataFrame(records)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out_dir / "episodes.parquet")
+    with atomic_path(out_dir / "episodes.parquet") as tmp:
+        df.to_parquet(tmp)
     table = df.groupby("task").agg(episodes=("success", "size"), grasp=("grasped", "mean"), success=("success", "mean"))
-    table.to_csv(out_dir / "results.csv")
+    write_text_atomic(out_dir / "results.csv", table.to_csv())
     write_json_atomic(out_dir / "summary.json", table.reset_index().to_dict("records"))
     tracker.log_metrics({f"simpler_{t}_success": float(r.success) for t, r in table.iterrows()})
     tracker.log_artifact(out_dir / "results.csv")
     return {"status": "done", "out_dir": str(out_dir), "success": float(df["success"].mean()), "grasp": float(df["grasped"].mean())}
 
 
-@task(name="simpler-eval", retries=2, retry_delay_seconds=30, cache_policy=stage_cache_policy(__name__, "checkpoint"), persist_result=True)
+@task(name="simpler-eval", retry_condition_fn=transient_only, retries=2, retry_delay_seconds=30, cache_policy=stage_cache_policy(__name__, "checkpoint"), persist_result=True)
 def simpler_task(checkpoint: str, out_dir: str, cfg: SimplerConfig, available: bool, tracking: RunRef | None = None) -> dict:
     """`available` (simpler_available()) is part of the cache key: installing SimplerEnv re-runs the stage."""
     with stage_run(tracking, "simpler-eval", cfg) as tracker:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from data.layout import Layout
 
@@ -25,6 +25,8 @@ MAX_PARAM_CHARS = 500
 
 class TrackingConfig(BaseModel):
     """Where MLflow records runs."""
+
+    model_config = ConfigDict(extra="forbid")
 
     uri: str | None = Field(None, description="MLflow tracking URI. None: $MLFLOW_TRACKING_URI if set, else sqlite:///<workdir>/mlflow.db.")
     experiment: str = Field("refinevla", description="MLflow experiment name.")
@@ -38,6 +40,7 @@ class RunRef:
     uri: str
     run_id: str
     experiment_id: str
+    system_metrics: bool = True  # TrackingConfig.system_metrics, for the stages that sample them
 
 
 def resolve_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
@@ -102,16 +105,16 @@ class Tracker:
         if not self.active:
             return Tracker(None)
         run = self._client.create_run(self.ref.experiment_id, run_name=name, tags={"mlflow.parentRunId": self.ref.run_id})
-        return Tracker(RunRef(self.ref.uri, run.info.run_id, self.ref.experiment_id))
+        return Tracker(RunRef(self.ref.uri, run.info.run_id, self.ref.experiment_id, self.ref.system_metrics))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.active:
             self._client.set_terminated(self.ref.run_id, status)
 
     @contextlib.contextmanager
-    def system_metrics(self, enabled: bool = True) -> Iterator[None]:
-        """Sample CPU / memory / GPU into this run while the block runs (needs psutil)."""
-        if not (self.active and enabled):
+    def system_metrics(self) -> Iterator[None]:
+        """Sample CPU / memory / GPU into this run while the block runs (needs psutil), if the run asks for it."""
+        if not (self.active and self.ref.system_metrics):
             yield
             return
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -144,7 +147,7 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, tags: dic
         exp_id = exp.experiment_id
     run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
     log.info("MLflow run %s in experiment '%s' at %s", run.info.run_id, cfg.experiment, uri)
-    return Tracker(RunRef(uri, run.info.run_id, exp_id))
+    return Tracker(RunRef(uri, run.info.run_id, exp_id, cfg.system_metrics))
 
 
 @contextlib.contextmanager

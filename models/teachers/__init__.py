@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.teachers.base import EpisodeContext, Teacher, TeacherConfigError
 
@@ -13,6 +13,8 @@ __all__ = ["EpisodeContext", "Teacher", "TeacherConfig", "TeacherConfigError", "
 
 class TeacherConfig(BaseModel):
     """Which teacher writes the traces, and how it is called."""
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["offline", "gemini"] = Field("offline", description="offline: rule-based, no network (demo default); gemini: google-genai.")
     model: str = Field(

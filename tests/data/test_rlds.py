@@ -191,7 +191,7 @@ def test_crc_mismatch_is_reported_and_skippable(broken, tmp_path):
     assert len(kept) == n - 1 and [b["record"] for b in report.broken] == [0]
     summary = run_parse(broken, "train", tmp_path / "steps", ParseConfig(on_error="skip"))
     assert summary["broken_episodes"] == 1
-    errors = json.loads((tmp_path / "steps" / "bridge_dataset" / "train" / "_errors" / f"{SHARD}.json").read_text())
+    errors = json.loads((tmp_path / "steps" / "bridge_dataset" / "train" / "_reports" / f"{SHARD}.json").read_text())["broken"]
     assert errors[0]["record"] == 0 and "CRC" in errors[0]["error"]
 
 

@@ -68,3 +68,33 @@ def test_skipped_episodes_are_reported_to_mlflow(tmp_path, bridge_dir, prefect_a
     assert run.data.metrics["parse.bridge_dataset.train.broken_episodes"] == 1
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "parse_errors/bridge_dataset/train")]
     assert artifacts == [f"parse_errors/bridge_dataset/train/{shard.name}.json"]
+
+
+def test_unknown_settings_are_errors():
+    from pydantic import ValidationError
+
+    from flows.config import PipelineConfig
+
+    with pytest.raises(ValidationError, match="max_step"):
+        PipelineConfig.model_validate({"finetune": {"max_step": 10}})
+    with pytest.raises(ValidationError, match="anotate"):
+        PipelineConfig.model_validate({"anotate": {}})
+
+
+def test_no_held_out_episodes_is_caught_before_training():
+    bad = PRESETS["demo"].model_copy(update={"build": PRESETS["demo"].build.model_copy(update={"val_fraction": 0.0})})
+    with pytest.raises(ConfigError, match="val_fraction is 0"):
+        preflight(bad)
+
+
+def test_only_transient_failures_are_retried():
+    from prefect.states import Failed
+
+    from data.rlds import RldsError
+    from models.teachers import TeacherConfigError
+    from tasks.retry import transient_only
+
+    for permanent in (TeacherConfigError("no key"), RldsError("bad shard"), FileNotFoundError("x"), ValueError("settings")):
+        assert not transient_only(None, None, Failed(data=permanent))
+    for transient in (OSError("disk hiccup"), ConnectionError("reset"), RuntimeError("CUDA error")):
+        assert transient_only(None, None, Failed(data=transient))

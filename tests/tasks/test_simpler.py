@@ -13,8 +13,8 @@ class ContractEnv:
 
     max_episode_steps = 6
 
-    def __init__(self, succeed_at: int | None):
-        self.succeed_at, self.actions, self.closed = succeed_at, [], False
+    def __init__(self, succeed_at: int | None, lose_at: int | None = None):
+        self.succeed_at, self.lose_at, self.actions = succeed_at, lose_at, []
         self.unwrapped = type("U", (), {"robot_uid": "widowx"})()
 
     def _obs(self):
@@ -34,7 +34,7 @@ class ContractEnv:
         assert action.shape == (7,)
         self.actions.append(action)
         self.t += 1
-        done = self.succeed_at is not None and self.t >= self.succeed_at  # success may also be lost again
+        done = self.succeed_at is not None and self.t >= self.succeed_at and not (self.lose_at and self.t >= self.lose_at)
         info = {"success": done, "is_src_obj_grasped": self.t >= 2, "episode_stats": {"is_src_obj_grasped": True}}
         return self._obs(), 0.0, done, self.t >= self.max_episode_steps, info
 
@@ -51,13 +51,16 @@ def test_skipped_with_install_instructions(tmp_path, checkpoint):
 def test_episode_loop_follows_the_protocol(tmp_path, checkpoint):
     envs = []
 
+    plans = [(3, None), (None, None), (2, 4)]  # succeeds; never; succeeds then drops the carrot
+
     def make(name):
-        envs.append(ContractEnv(succeed_at=3 if len(envs) % 2 == 0 else None))
+        envs.append(ContractEnv(*plans[len(envs)]))
         return envs[-1]
 
-    out = run_simpler(checkpoint, tmp_path, SimplerConfig(tasks=["widowx_carrot_on_plate"], episodes_per_task=2), make_env=make)
-    assert out["status"] == "done" and out["success"] == 0.5 and out["grasp"] == 1.0
-    assert [len(e.actions) for e in envs] == [6, 6]  # runs to truncation, success does not stop it
+    out = run_simpler(checkpoint, tmp_path, SimplerConfig(tasks=["widowx_carrot_on_plate"], episodes_per_task=3), make_env=make)
+    assert out["status"] == "done" and out["grasp"] == 1.0
+    assert out["success"] == 1 / 3  # success is read at the last step: the third episode lost it
+    assert [len(e.actions) for e in envs] == [6, 6, 6]  # runs to truncation, success does not stop it
     a = envs[0].actions[0]
     assert a[6] in (-1.0, 1.0) and np.all(np.abs(a[3:6]) <= np.pi)  # WidowX absolute gripper, axis-angle rotation
     assert (tmp_path / "episodes.parquet").exists() and (tmp_path / "results.csv").exists()
