@@ -172,39 +172,38 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.tracking import TrackingConfig
 
     tracking = TrackingConfig.model_validate(overrides(args).get("tracking", {})) if args.command != "run" else None
-    a = args
-    if a.command == "sample":
+    if args.command == "sample":
         from data.sample import SampleConfig
 
-        result = fl.sample_flow(a.out, settings(SampleConfig, a), a.workdir)
-    elif a.command == "parse":
+        result = fl.sample_flow(args.out, settings(SampleConfig, args), args.workdir)
+    elif args.command == "parse":
         from tasks.parse import ParseConfig
 
-        result = fl.parse_flow(a.dataset_dir, a.split, a.out, settings(ParseConfig, a), a.workdir, tracking)
-    elif a.command == "annotate":
+        result = fl.parse_flow(args.dataset_dir, args.split, args.out, settings(ParseConfig, args), args.workdir, tracking)
+    elif args.command == "annotate":
         from tasks.annotate import AnnotateConfig
 
-        result = fl.annotate_flow(a.steps, a.traces, settings(AnnotateConfig, a), a.workdir, tracking)
-    elif a.command == "build":
+        result = fl.annotate_flow(args.steps, args.traces, settings(AnnotateConfig, args), args.workdir, tracking)
+    elif args.command == "build":
         from tasks.build import BuildConfig
 
-        result = fl.build_flow(a.steps, a.traces, a.out, settings(BuildConfig, a), a.workdir, tracking)
-    elif a.command == "finetune":
+        result = fl.build_flow(args.steps, args.traces, args.out, settings(BuildConfig, args), args.workdir, tracking)
+    elif args.command == "finetune":
         from tasks.finetune import FinetuneConfig
 
-        result = fl.finetune_flow(a.data, a.out, settings(FinetuneConfig, a), a.workdir, tracking)
-    elif a.command == "evaluate":
+        result = fl.finetune_flow(args.data, args.out, settings(FinetuneConfig, args), args.workdir, tracking)
+    elif args.command == "evaluate":
         from tasks.evaluate import EvaluateConfig
         from tasks.simpler import SimplerConfig
 
-        simpler = SimplerConfig.model_validate(overrides(a).get("simpler", {}))
-        result = fl.evaluate_flow(a.checkpoint, a.data, a.out, settings(EvaluateConfig, a), simpler, a.workdir, tracking)
-    elif a.command == "attention":
+        simpler = SimplerConfig.model_validate(overrides(args).get("simpler", {}))
+        result = fl.evaluate_flow(args.checkpoint, args.data, args.out, settings(EvaluateConfig, args), simpler, args.workdir, tracking)
+    elif args.command == "attention":
         from tasks.attention import AttentionConfig
 
-        result = fl.attention_flow(a.checkpoint, a.data, a.out, settings(AttentionConfig, a), a.workdir, tracking)
+        result = fl.attention_flow(args.checkpoint, args.data, args.out, settings(AttentionConfig, args), args.workdir, tracking)
     else:
-        result = run_pipeline(a)
+        result = run_pipeline(args)
         print_summary(result)
         return 0
     print(json.dumps(result, indent=2, default=str))

@@ -42,11 +42,14 @@ class ParseConfig(BaseModel):
     row_group_size: int = Field(256, ge=16, le=65536, description="Rows (steps, with their images) per Parquet row group.")
 
 
-def shard_groups(dataset_dir: str | Path, split: str, cfg: ParseConfig) -> list[list[str]]:
-    ds = open_rlds(dataset_dir)
+def _split_shards(ds, split: str, cfg: ParseConfig) -> list[Path]:
     if split not in ds.splits:
         raise ValueError(f"{ds.path}: no split '{split}' (has {sorted(ds.splits)})")
-    files = [str(f) for f in ds.splits[split][: cfg.max_shards]]
+    return ds.splits[split][: cfg.max_shards]
+
+
+def shard_groups(dataset_dir: str | Path, split: str, cfg: ParseConfig) -> list[list[str]]:
+    files = [str(f) for f in _split_shards(open_rlds(dataset_dir), split, cfg)]
     return [files[i : i + cfg.shards_per_task] for i in range(0, len(files), cfg.shards_per_task)]
 
 
@@ -54,7 +57,7 @@ def run_parse(dataset_dir: str | Path, split: str, out_dir: str | Path, cfg: Par
               shards: list[str] | None = None, tracker: Tracker = Tracker(None)) -> dict:
     """Parse `shards` of a split (default: all, up to max_shards) into Parquet parts under out_dir/<dataset>/<split>."""
     ds = open_rlds(dataset_dir)
-    files = [Path(s) for s in shards] if shards else [Path(f) for g in shard_groups(dataset_dir, split, cfg) for f in g]
+    files = [Path(s) for s in shards] if shards else _split_shards(ds, split, cfg)
     dest = Path(out_dir) / ds.name / split
     parsed = reused = episodes = steps = 0
     report = ParseReport()
