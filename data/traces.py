@@ -20,6 +20,7 @@ not annotated yet are `null`. Each entry is a `TraceRecord` dict with a status, 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from dataclasses import asdict, dataclass, field
@@ -144,6 +145,28 @@ def parse_tagged_text(text: str) -> Trace:
     return trace
 
 
+def parse_json_answer(text: str) -> Trace:
+    """Parse a structured (JSON) answer into a `Trace`; a code fence around the object is tolerated."""
+    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text or "")
+    if not body.strip():
+        raise TraceFormatError("empty answer")
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise TraceFormatError(f"answer is not valid JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(data, dict):
+        raise TraceFormatError(f"answer is a JSON {type(data).__name__}, not an object")
+    if not isinstance(data.get("logical_steps", []), list):
+        raise TraceFormatError("logical_steps is not a list")
+    data = {k: ([_clean(str(s)) for s in v] if k == "logical_steps" else _clean(str(v))) for k, v in data.items() if k in TRACE_FIELDS}
+    return Trace.from_dict(data)
+
+
+def parse_answer(text: str, answer_format: str = "tagged") -> Trace:
+    """A teacher's answer in the given format (`tagged` or `json`) as a validated `Trace`."""
+    return parse_json_answer(text) if answer_format == "json" else parse_tagged_text(text)
+
+
 def _split_steps(text: str) -> list[str]:
     if _NUMBERED_RE.search(text):
         parts = _NUMBERED_RE.split(text)[2::2]  # [before, n1, s1, n2, s2, ...]
@@ -177,6 +200,7 @@ class TraceRecord:
     attempts: int = 1
     usage: dict[str, int] = field(default_factory=dict)
     episode_key: str = ""  # `episode_key()` of the data the trace was asked for; a mismatch makes it stale
+    derived_from: int | None = None  # keyframe mode: the step whose answer this trace was derived from
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:

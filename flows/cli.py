@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from flows import env
 
-STAGES = ("sample", "parse", "annotate", "build", "finetune", "evaluate", "attention", "run")
+STAGES = ("sample", "parse", "annotate", "reannotate", "build", "finetune", "evaluate", "attention", "run")
 
 
 # ---------------------------------------------------------------------------------------------------- flags from models
@@ -63,7 +63,7 @@ def overrides(args: argparse.Namespace, names: set[str] | None = None) -> dict:
     """Dotted flag destinations → a nested dict of the given settings."""
     out: dict = {}
     for key, value in vars(args).items():
-        if "." not in key and (names is None or key not in names):
+        if "." not in key and names is None or names is not None and key.split(".")[0] not in names:
             continue
         node = out
         *parents, leaf = key.split(".")
@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", required=True, help="Parsed steps of one dataset: <steps root>/<dataset>")
     c.add_argument("--traces", default="work/traces", help="Traces root (default: work/traces)")
 
+    c = command("reannotate", "Ask the teacher again about missing, failed or stale steps of a workdir, then rebuild.", AnnotateConfig)
+    add_model_flags(c, BuildConfig, "build.")
+
     c = command("build", "Join steps and traces into the reasoning dataset (Parquet + stats.json + card).", BuildConfig)
     c.add_argument("--steps", required=True, help="Parsed steps of one dataset: <steps root>/<dataset>")
     c.add_argument("--traces", required=True, help="Trace folder: <traces root>/<dataset>/<teacher>@<prompt-version>")
@@ -184,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.annotate import AnnotateConfig
 
         result = fl.annotate_flow(args.steps, args.traces, settings(AnnotateConfig, args), args.workdir, tracking)
+    elif args.command == "reannotate":
+        from tasks.annotate import AnnotateConfig
+        from tasks.build import BuildConfig
+
+        build = BuildConfig.model_validate(overrides(args).get("build", {}))
+        result = fl.reannotate_flow(args.workdir, settings(AnnotateConfig, args), build, tracking)
     elif args.command == "build":
         from tasks.build import BuildConfig
 

@@ -18,7 +18,7 @@ from data.io import read_json
 from data.layout import Layout
 from data.sample import SampleConfig
 from flows.config import PRESETS, DatasetSpec, PipelineConfig
-from tasks.annotate import AnnotateConfig, annotate_task
+from tasks.annotate import AnnotateConfig, annotate_task, reannotate_task
 from tasks.attention import AttentionConfig, attention_task
 from tasks.build import BuildConfig, build_task
 from tasks.evaluate import EvaluateConfig, evaluate_task
@@ -39,7 +39,7 @@ def preflight(config: PipelineConfig) -> None:
     """Check what can be checked cheaply: inputs exist, the teacher can authenticate, shapes fit."""
     from data.rlds import RldsError, open_rlds
     from models.spatialvla.configuration_spatialvla import SHAPES
-    from models.teachers.gemini import API_KEY_ENV, api_key_from_env
+    from models.teachers import TeacherConfigError, api_key
 
     problems = []
     for ds in config.datasets:
@@ -50,8 +50,11 @@ def preflight(config: PipelineConfig) -> None:
                 problems.append(f"dataset {ds.path}: no split(s) {missing} (has {sorted(found.splits)})")
         except RldsError as e:
             problems.append(str(e))
-    if config.annotate.teacher.kind == "gemini" and not api_key_from_env():
-        problems.append(f"the Gemini teacher needs an API key in ${API_KEY_ENV[0]} or ${API_KEY_ENV[1]}")
+    if config.annotate.teacher.kind == "gemini":
+        try:
+            api_key(config.annotate.teacher)
+        except TeacherConfigError as e:
+            problems.append(str(e))
     if config.build.val_fraction == 0:
         problems.append("build.val_fraction is 0: evaluation and attention maps need held-out episodes")
     ft = config.finetune
@@ -202,6 +205,25 @@ def parse_flow(dataset_dir: str, split: str, out_dir: str, cfg: ParseConfig = Pa
 def annotate_flow(steps_dir: str, traces_root: str, cfg: AnnotateConfig = AnnotateConfig(), workdir: str = "work",
                   tracking: TrackingConfig = TrackingConfig()) -> dict:
     return _stage(workdir, tracking, "annotate", lambda o, ref: annotate_task.with_options(**o)(steps_dir, traces_root, cfg, ref))
+
+
+@flow(name="refinevla-reannotate", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def reannotate_flow(workdir: str = "work", cfg: AnnotateConfig = AnnotateConfig(), build: BuildConfig = BuildConfig(),
+                    tracking: TrackingConfig = TrackingConfig()) -> list[dict]:
+    """Scheduled upkeep of a working directory: for every parsed dataset, ask the teacher again about the
+    steps whose trace is missing, failed or stale (data, model or prompt changed), then rebuild the
+    dataset (a cached no-op when no trace changed). Steps with a current answer are never asked again."""
+    layout = Layout(Path(workdir).resolve())
+    steps_dirs = sorted(str(d) for d in layout.steps.iterdir() if d.is_dir() and any(d.rglob("part-*.parquet"))) if layout.steps.exists() else []
+    if not steps_dirs:
+        raise FileNotFoundError(f"{layout.steps}: no parsed datasets to re-annotate; run the pipeline first")
+
+    def run(o, ref):
+        asked = [(d, reannotate_task.with_options(**o).submit(d, str(layout.traces), cfg, ref)) for d in steps_dirs]
+        return [{"annotate": (a := f.result()), "build": build_task.with_options(**o)(d, a["traces_dir"], str(layout.reasoning / Path(d).name), build, ref)}
+                for d, f in asked]
+
+    return _stage(workdir, tracking, "reannotate", run)
 
 
 @flow(name="refinevla-build")

@@ -39,3 +39,7 @@ class Teacher(Protocol):
 
 class TeacherConfigError(RuntimeError):
     """The teacher cannot work as configured (unknown model, missing key): retrying will not help."""
+
+
+class TeacherUnavailable(RuntimeError):
+    """The teacher's service kept failing with retryable errors (429, 5xx, timeouts): try again later."""

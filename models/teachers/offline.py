@@ -75,6 +75,23 @@ def _direction(delta: np.ndarray, scale: float) -> str:
     return " and ".join(words)  # "" when the arm is (almost) still
 
 
+def sub_action_from_motion(episode: EpisodeContext, step: int) -> str:
+    """The next action of `step` in words, from the recorded gripper command and motion alone (used by
+    the keyframe annotation mode for the steps between teacher calls)."""
+    actions = np.asarray(episode.actions, dtype=np.float32)
+    _, obj, target = parse_instruction(episode.instructions[step]) if episode.instructions[step].strip() else ("", "object", None)
+    scale = float(np.max(np.linalg.norm(actions[:, :3], axis=1))) or 1.0
+    phase, motion = _phases(actions)[step], _direction(actions[step, :3], scale)
+    return {
+        "approach": f"Move the arm {motion} toward the {obj}." if motion else f"Line the gripper up with the {obj}.",
+        "grasp": f"Close the gripper on the {obj}.",
+        "carry": f"Carry the {obj} {motion + ' ' if motion else ''}toward {'the ' + target if target else 'a lifted position'}.",
+        "release": f"Open the gripper to release the {obj}" + (f" at the {target}." if target else "."),
+        "retreat": f"Move the arm {motion}, away from the {target or obj}." if motion else "Hold the arm still.",
+        "done": "Stop; the task is complete.",
+    }[phase]
+
+
 class OfflineTeacher:
     name = "offline"
     model = "rule-based"
@@ -117,14 +134,7 @@ class OfflineTeacher:
             steps = [f"Identify what '{instruction}' requires", "Move the gripper accordingly", "Check the result"]
 
         moving = f"moving {motion}" if motion else "almost still"
-        sub_action = {
-            "approach": f"Move the arm {motion} toward the {obj}." if motion else f"Line the gripper up with the {obj}.",
-            "grasp": f"Close the gripper on the {obj}.",
-            "carry": f"Carry the {obj} {motion + ' ' if motion else ''}toward {'the ' + target if target else 'a lifted position'}.",
-            "release": f"Open the gripper to release the {obj}" + (f" at the {target}." if target else "."),
-            "retreat": f"Move the arm {motion}, away from the {target or obj}." if motion else "Hold the arm still.",
-            "done": "Stop; the task is complete.",
-        }[phase]
+        sub_action = sub_action_from_motion(episode, step)
         if unlabelled:
             steps = ["Move the gripper to the object", "Grasp the object", "Move it where the motion leads", "Release it"]
         task = "an unlabelled manipulation task (no instruction was recorded)" if unlabelled else instruction.strip().rstrip(".")

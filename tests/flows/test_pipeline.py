@@ -68,3 +68,44 @@ def test_pipeline_end_to_end(tmp_path, prefect_api):
     assert again["checkpoint"] == s["checkpoint"] and Path(s["checkpoint"], "model.safetensors").stat().st_mtime_ns == mtime
     children = client.search_runs([run.info.experiment_id], "attributes.run_name = 'finetune'")
     assert len(children) == 1  # the cached stage opened no new run
+
+
+def test_reannotation_flow_fills_failed_steps_and_rebuilds(tmp_path, workdir, prefect_api):
+    import json
+    import shutil
+
+    import pyarrow.dataset as pads
+
+    from flows.pipeline import reannotate_flow
+    from tasks.tracking import TrackingConfig
+
+    w = tmp_path / "w"
+    for sub in ("steps", "traces", "reasoning"):
+        shutil.copytree(workdir / sub, w / sub)
+    f = sorted((w / "traces" / "fractal20220817_data" / "offline@offline-v1").glob("*.json"))[0]
+    records = json.loads(f.read_text())
+    records[0] = {**records[0], "status": "failed", "trace": None, "error": "malformed", "attempts": 3}
+    f.write_text(json.dumps(records))
+    result = reannotate_flow(str(w), tracking=TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    by_dataset = {r["annotate"]["dataset"]: r for r in result}
+    assert by_dataset["fractal20220817_data"]["annotate"]["requested"] == 1
+    assert by_dataset["bridge_dataset"]["annotate"]["requested"] == 0
+    rows = pads.dataset(sorted(str(p) for p in (w / "reasoning" / "fractal20220817_data").rglob("part-*.parquet"))).to_table(columns=["trace_status"]).to_pandas()
+    assert (rows.trace_status == "ok").all()
+
+
+def test_prefect_yaml_deployments_resolve_and_reannotation_is_scheduled():
+    import importlib
+
+    import yaml
+    from prefect.schedules import Cron
+
+    spec = yaml.safe_load(open("prefect.yaml"))
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    for d in deployments.values():
+        module, name = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+        flow.validate_parameters(d.get("parameters") or {})  # the UI's form accepts the shipped parameters
+    nightly = deployments["reannotate-nightly"]
+    assert nightly["entrypoint"].endswith(":reannotate_flow") and nightly["parameters"]["cfg"]["teacher"]["kind"] == "gemini"
+    Cron(nightly["schedules"][0]["cron"], timezone=nightly["schedules"][0]["timezone"])  # a valid cron

@@ -95,3 +95,52 @@ def test_split_assignment_is_deterministic_and_never_empty():
 def test_build_refuses_without_parsed_steps(tmp_path):
     with pytest.raises(FileNotFoundError, match="no parsed steps"):
         run_build(tmp_path, tmp_path, tmp_path / "out")
+
+
+def test_keyframe_mode_asks_at_keyframes_and_gives_every_step_a_trace(tmp_path, workdir, monkeypatch):
+    from tasks.annotate import keyframe_steps
+
+    monkeypatch.setattr("tasks.annotate.make_teacher", lambda cfg: CountingTeacher())
+    CountingTeacher.asked.clear()
+    steps_dir = workdir / "steps" / "bridge_dataset"
+    summary = run_annotate(steps_dir, tmp_path, AnnotateConfig(mode="keyframe", keyframe_every=4))
+    n = len(_steps(workdir, "bridge_dataset"))
+    assert summary["requested"] + summary["derived"] == n == summary["steps"] and 0 < summary["calls_per_step"] < 0.6
+    for f in (tmp_path / "bridge_dataset" / "offline@offline-v1").glob("*.json"):
+        records = json.loads(f.read_text())
+        asked = sorted(s for (ep, s) in CountingTeacher.asked if ep == f.stem)
+        assert all(r["status"] == "ok" and r["trace"]["sub_action"] for r in records)
+        assert asked == [r["step"] for r in records if r["derived_from"] is None]
+        gaps = np.diff(asked + [len(records)])
+        assert asked[0] == 0 and gaps.max() <= 4
+        for r in records:
+            if r["derived_from"] is not None:
+                source = records[r["derived_from"]]
+                assert r["derived_from"] == max(s for s in asked if s < r["step"])
+                assert {k: v for k, v in r["trace"].items() if k != "sub_action"} == {k: v for k, v in source["trace"].items() if k != "sub_action"}
+    # the gripper events of a real episode are keyframes
+    grip = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1], float)
+    assert keyframe_steps(np.c_[np.zeros((12, 6)), grip], every=5) == [0, 3, 8, 10]
+    # switching to per_step asks exactly the derived steps
+    CountingTeacher.asked.clear()
+    again = run_annotate(steps_dir, tmp_path, AnnotateConfig())
+    assert again["requested"] == summary["derived"] and again["reused"] == summary["requested"]
+
+
+def test_reannotation_asks_only_missing_failed_and_stale_steps(tmp_path, workdir, monkeypatch):
+    monkeypatch.setattr("tasks.annotate.make_teacher", lambda cfg: CountingTeacher())
+    steps_dir = workdir / "steps" / "bridge_dataset"
+    run_annotate(steps_dir, tmp_path, AnnotateConfig())
+    files = sorted((tmp_path / "bridge_dataset" / "offline@offline-v1").glob("*.json"))
+    records = json.loads(files[0].read_text())
+    records[1] = {**records[1], "status": "failed", "trace": None, "error": "malformed", "attempts": 3}
+    records[2] = {**records[2], "episode_key": "other-data"}
+    records[3] = {**records[3], "prompt_version": "older-prompt"}
+    records[4] = None
+    files[0].write_text(json.dumps(records))
+    CountingTeacher.asked.clear()
+    plain = run_annotate(steps_dir, tmp_path, AnnotateConfig())  # an ordinary run leaves spent failures alone
+    assert sorted(CountingTeacher.asked) == [(files[0].stem, s) for s in (2, 3, 4)] and plain["failed"] == 1
+    CountingTeacher.asked.clear()
+    again = run_annotate(steps_dir, tmp_path, AnnotateConfig(retry_failed=True))
+    assert sorted(CountingTeacher.asked) == [(files[0].stem, 1)] and again["failed"] == 0
