@@ -49,5 +49,6 @@ TRACE_COLUMNS = [
     pa.field("teacher", pa.string()),
     pa.field("teacher_model", pa.string()),
     pa.field("prompt_version", pa.string()),
+    pa.field("trace_derived_from", pa.int32()),  # keyframe mode: the step whose answer this trace reuses (null: asked)
 ]
 REASONING_SCHEMA = pa.schema([*STEP_FIELDS, pa.field("unnorm_key", pa.string(), nullable=False), *TRACE_COLUMNS])

@@ -50,11 +50,12 @@ def assign_splits(episode_ids: list[str], val_fraction: float, seed: int) -> dic
 
 
 def _trace_columns(record: dict | None, key: str) -> dict:
-    empty = {k: None for k in TRACE_FIELDS} | {"reasoning_text": None, "teacher": None, "teacher_model": None, "prompt_version": None}
+    empty = {k: None for k in TRACE_FIELDS} | {"reasoning_text": None, "teacher": None, "teacher_model": None, "prompt_version": None,
+                                               "trace_derived_from": None}
     if record is None:
         return empty | {"trace_status": "missing", "trace_error": "no annotation for this step"}
     base = empty | {"teacher": record["teacher"], "teacher_model": record["model"], "prompt_version": record["prompt_version"],
-                    "trace_status": record["status"], "trace_error": record.get("error")}
+                    "trace_status": record["status"], "trace_error": record.get("error"), "trace_derived_from": record.get("derived_from")}
     if record.get("episode_key") != key:
         return base | {"trace_status": "stale", "trace_error": "the trace was asked about other data; annotate again"}
     if record["status"] != "ok":

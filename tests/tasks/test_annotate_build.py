@@ -118,6 +118,9 @@ def test_keyframe_mode_asks_at_keyframes_and_gives_every_step_a_trace(tmp_path, 
                 source = records[r["derived_from"]]
                 assert r["derived_from"] == max(s for s in asked if s < r["step"])
                 assert {k: v for k, v in r["trace"].items() if k != "sub_action"} == {k: v for k, v in source["trace"].items() if k != "sub_action"}
+    built = run_build(steps_dir, summary["traces_dir"], tmp_path / "built", BuildConfig(val_fraction=0.0))
+    rows = pads.dataset(str(tmp_path / "built" / "train")).to_table(columns=["trace_status", "trace_derived_from"]).to_pandas()
+    assert built["trace_ok"] == n and rows.trace_derived_from.notna().sum() == summary["derived"]
     # the gripper events of a real episode are keyframes
     grip = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1], float)
     assert keyframe_steps(np.c_[np.zeros((12, 6)), grip], every=5) == [0, 3, 8, 10]
