@@ -23,6 +23,7 @@ hash, also deterministically).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -112,6 +113,24 @@ def _write_one(out_dir: Path, name: str, settings: dict, cfg: SampleConfig) -> N
 
 def scene_key(primary_jpeg: bytes) -> str:
     return hashlib.sha1(primary_jpeg).hexdigest()
+
+
+@functools.cache
+def _scenes(sidecar: Path) -> dict:
+    return read_json(sidecar)["episodes"]
+
+
+def sample_object_boxes(dataset_dirs: list[str | Path], first_primary_jpeg: bytes, camera: str, step: int,
+                        roles: tuple[str, ...] = ("source", "target")) -> list[list[float]] | None:
+    """Pixel boxes [x0, y0, x1, y1] of an episode's task objects at `step` in `camera`, when the episode is one
+    of the sample datasets in `dataset_dirs` (they hold `sample_scenes.json`); None for any other data."""
+    key = scene_key(first_primary_jpeg)
+    for d in dataset_dirs:
+        sidecar = Path(d) / SIDECAR
+        scene = _scenes(sidecar).get(key) if sidecar.exists() else None
+        if scene is not None:
+            return [o["boxes"][camera][step] for o in scene["objects"] if o["role"] in roles and camera in o["boxes"]]
+    return None
 
 
 def _episode_frames(ep: Episode, views: dict[str, str], hw: tuple[int, int], quality: int, seed: int):

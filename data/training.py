@@ -20,10 +20,15 @@ from data.actions import action_chunks
 COLUMNS = ["dataset", "episode_id", "step_index", "instruction", "images", "action", "unnorm_key", "reasoning_text", "trace_status"]
 
 
-def primary_image(images: list[dict]) -> bytes:
-    """The primary camera: `image_0` (bridge) / `image` (fractal), i.e. the first recorded camera by name."""
+def primary_camera(images: list[dict]) -> dict:
+    """The primary camera's image struct: `image_0` (bridge) / `image` (fractal), i.e. the first recorded
+    camera by name."""
     recorded = [im for im in images if not im["dummy"]] or images
-    return min(recorded, key=lambda im: im["camera"])["data"]
+    return min(recorded, key=lambda im: im["camera"])
+
+
+def primary_image(images: list[dict]) -> bytes:
+    return primary_camera(images)["data"]
 
 
 def split_dirs(data_dirs: list[str | Path], split: str) -> list[Path]:

@@ -250,7 +250,9 @@ def print_summary(s: dict) -> None:
         f"  checkpoint          {s['checkpoint']}",
         f"  training curves     {s['training_curves']}",
         f"  result table        {s['results']}",
-        f"  attention maps      {', '.join(s['attention'])}",
+        f"  attention maps      {Path(s['attention'][0]).parent}/  ({len(s['attention'])} PNGs, scores.md)" + "".join(
+            f"; {label}: object mass {sc['object_mass_mean']:.3f} (uniform attention: {sc['uniform_mean']:.3f})"
+            for label, sc in s["attention_scores"].items() if sc["object_mass_mean"] is not None),
         f"  SimplerEnv          {s['simpler']['status']}" + (" (not installed; see README 'SimplerEnv')" if s["simpler"]["status"] == "skipped" else ""),
         f"  MLflow run          {s['mlflow_run_id']} (experiment id {s['mlflow_experiment_id']}) in {db}",
         "",

@@ -123,13 +123,18 @@ def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
         evaluated = evaluate_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.eval / config.run_name), config.evaluate, run.ref)
         simulated = simpler_task.with_options(**opts).submit(ckpt, str(layout.eval / config.run_name / "simpler"), config.simpler,
                                                              simpler_available(), run.ref)
-        explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.attention / config.run_name), config.attention, run.ref)
+        explain = config.attention.model_copy(update={
+            "object_boxes_from": config.attention.object_boxes_from or [d.path for d in datasets],
+            # before vs after: fine-tuning from a checkpoint directory compares with it
+            "compare_checkpoint": config.attention.compare_checkpoint or (config.finetune.base_model if Path(config.finetune.base_model).is_dir() else None),
+        })
+        explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.attention / config.run_name), explain, run.ref)
         evaluated, simulated, explained = evaluated.result(), simulated.result(), explained.result()
 
         summary = {
             "workdir": str(layout.root), "datasets": [d.path for d in datasets], "reasoning": data_dirs,
             "stats": [b["stats"] for b in built], "checkpoint": ckpt, "training_curves": trained["curves"],
-            "results": evaluated["results"], "attention": explained["pngs"], "simpler": simulated,
+            "results": evaluated["results"], "attention": explained["pngs"], "attention_scores": explained["scores"], "simpler": simulated,
             "mlflow_uri": run.ref.uri, "mlflow_experiment_id": run.ref.experiment_id, "mlflow_run_id": run.ref.run_id,
             "prefect_flow_run_id": _flow_run_id(),
             "steps": sum(p["steps"] for p in parsed), "episodes": sum(p["episodes"] for p in parsed),

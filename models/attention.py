@@ -1,4 +1,5 @@
-"""Where the policy looks: attention of action tokens over image patches, fused over heads and layers.
+"""Where the policy looks: attention of action (or reasoning) tokens over image patches, fused over heads
+and layers, and how much of it falls on the task-relevant objects.
 
 Following the paper (Sec. 3, Eq. 1-2; its exact fusion formula was lost in extraction), for the query
 positions that produce the action tokens we take softmax attention over the 256 image-patch keys, for
@@ -15,17 +16,28 @@ from PIL import Image
 
 
 @torch.no_grad()
-def action_image_attention(model, batch: dict, query_positions: list[int], image_positions: list[int]) -> np.ndarray:
-    """(layers, heads, queries, image tokens) attention weights for sample 0 of `batch` (eager attention)."""
+def attention_rows(model, batch: dict, query_positions: list[int], key_positions: list[int]) -> np.ndarray:
+    """(layers, heads, queries, keys) softmax attention of sample 0 of `batch`, from chosen query rows to chosen
+    key columns. Memory-safe on the 4 B model: a hook on every attention module keeps only those rows and
+    columns of its layer's weights as the forward pass goes, so no layer's full (heads, S, S) map outlives
+    its layer. Eager attention for this pass only (SDPA/FlashAttention do not return weights)."""
+    q, k = torch.tensor(query_positions), torch.tensor(key_positions)
+    rows: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        rows.append(output[1][0][:, q][:, :, k].float().cpu())
+
+    hooks = [layer.self_attn.register_forward_hook(keep) for layer in model.language_model.model.layers]
     previous = model.config.text_config._attn_implementation
-    model.language_model.set_attn_implementation("eager")  # only eager returns the weights
+    model.language_model.set_attn_implementation("eager")
     try:
-        out = model(input_ids=batch["input_ids"][:1], pixel_values=batch["pixel_values"][:1], attention_mask=batch["attention_mask"][:1],
-                    output_attentions=True, logits_to_keep=1)
+        model(input_ids=batch["input_ids"][:1], pixel_values=batch["pixel_values"][:1], attention_mask=batch["attention_mask"][:1],
+              logits_to_keep=1)
     finally:
         model.language_model.set_attn_implementation(previous)
-    q, k = torch.tensor(query_positions), torch.tensor(image_positions)
-    return torch.stack([a[0][:, q][:, :, k] for a in out.attentions]).float().cpu().numpy()
+        for h in hooks:
+            h.remove()
+    return torch.stack(rows).numpy()
 
 
 def fuse_topk(att: np.ndarray, top_k: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -47,3 +59,24 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
     hm = (hm - hm.min()) / max(float(hm.max() - hm.min()), 1e-12)
     colored = matplotlib.colormaps["jet"](hm)[..., :3] * 255
     return (alpha * colored + (1 - alpha) * image).clip(0, 255).astype(np.uint8)
+
+
+def box_coverage(boxes: list[list[float]], height: int, width: int, grid: int) -> np.ndarray:
+    """(grid, grid) share of each image patch covered by the union of pixel boxes [x0, y0, x1, y1] (a pixel
+    belongs to a box when its centre does)."""
+    mask = np.zeros((height, width), np.float32)
+    for x0, y0, x1, y1 in boxes:
+        mask[max(0, int(np.ceil(y0 - 0.5))) : int(np.floor(y1 - 0.5)) + 1, max(0, int(np.ceil(x0 - 0.5))) : int(np.floor(x1 - 0.5)) + 1] = 1.0
+    return mask_coverage(mask, grid)
+
+
+def mask_coverage(mask: np.ndarray, grid: int) -> np.ndarray:
+    """(grid, grid) share of each patch covered by a (H, W) mask (e.g. SimplerEnv's segmentation of the
+    task objects), by area averaging: the model sees the whole frame resized to a square."""
+    return np.asarray(Image.fromarray(mask.astype(np.float32), mode="F").resize((grid, grid), Image.BOX)).clip(0, 1)
+
+
+def object_mass(fused: np.ndarray, coverage: np.ndarray) -> float:
+    """Share of the fused attention that falls on the task-relevant objects: 1 all on them, 0 none."""
+    fused = np.asarray(fused, np.float64).reshape(coverage.shape)
+    return float((fused * coverage).sum() / max(fused.sum(), 1e-12))

@@ -63,9 +63,22 @@ def test_evaluate_writes_tables_and_sane_metrics(tmp_path, checkpoint, reasoning
     assert len(gens) == 2 and np.array(gens[0]["actions"]).shape == (4, 7)
 
 
-def test_attention_png(tmp_path, checkpoint, reasoning_dirs):
-    out = run_attention(checkpoint, reasoning_dirs, tmp_path, AttentionConfig(num_samples=1, top_k=4))
-    img = Image.open(out["pngs"][0])
-    assert img.format == "PNG" and img.size[0] > img.size[1] > 200
-    heat = np.load(out["pngs"][0].replace(".png", ".npy"))
-    assert heat.shape == (16, 16) and abs(heat.sum() - 1) < 1e-5 and (heat >= 0).all()
+def test_attention_pngs_comparison_and_object_scores(tmp_path, checkpoint, reasoning_dirs, bridge_dir, fractal_dir):
+    earlier = checkpoint.parent / "step-2"
+    cfg = AttentionConfig(num_samples=2, top_k=4, compare_checkpoint=str(earlier), label="step-4", compare_label="step-2",
+                          object_boxes_from=[str(bridge_dir), str(fractal_dir)])
+    out = run_attention(checkpoint, reasoning_dirs, tmp_path, cfg)
+    assert len(out["pngs"]) == 4  # 2 steps x 2 checkpoints
+    for png in out["pngs"]:
+        img = Image.open(png)
+        assert img.format == "PNG" and img.size[0] > img.size[1] > 200
+        heat = np.load(png.replace(".png", ".npy"))
+        assert heat.shape == (16, 16) and abs(heat.sum() - 1) < 1e-5 and (heat >= 0).all()
+    grid = Image.open(out["comparison"])
+    assert grid.size == (1200, 800)  # 2 rows x (input + 2 checkpoints) at 4 in x 100 dpi
+    # the sample data knows its object boxes: every step is scored, per checkpoint, beside the chance level
+    for label in ("step-4", "step-2"):
+        s = out["scores"][label]
+        assert s["scored"] == 2 and 0 <= s["object_mass_mean"] <= 1 and 0 < s["uniform_mean"] < 1
+    assert out["scores"]["step-4"]["per_step"] != out["scores"]["step-2"]["per_step"]
+    assert "| step-2 | 2 of 2 |" in (tmp_path / "scores.md").read_text()
