@@ -18,12 +18,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
 
-from data.io import ParquetPartWriter, read_json, write_json_atomic, write_text_atomic
-from data.schema import REASONING_SCHEMA
+from data.io import ParquetPartWriter, fingerprint, part_metadata, read_json, write_json_atomic, write_text_atomic
+from data.schema import REASONING_SCHEMA, SCHEMA_VERSION, schema_table
 from data.statistics import dataset_statistics, unnorm_key
 from data.traces import TRACE_FIELDS, Trace, episode_key
-from tasks.caching import stage_cache_policy
+from tasks.caching import code_hash, stage_cache_policy
 from tasks.retry import transient_only
 from tasks.tracking import RunRef, Tracker, stage_run
 
@@ -64,6 +65,41 @@ def _trace_columns(record: dict | None, key: str) -> dict:
     return base | trace.to_dict() | {"reasoning_text": trace.to_text()}
 
 
+def _part_key(part: Path, episodes: list[str], traces_dir: Path, split_of: dict[str, str], cfg: BuildConfig) -> str:
+    """What a reasoning part is made of: its steps part, its episodes' trace files, their splits, the
+    settings and the code. A part whose key is unchanged is not written again."""
+    h = hashlib.sha256(f"{fingerprint([part])}|{cfg.row_group_size}|{code_hash(__name__)}".encode())
+    for e in episodes:
+        trace = traces_dir / f"{e}.json"
+        h.update(f"|{e}:{split_of[e]}:".encode())
+        h.update(hashlib.sha1(trace.read_bytes()).digest() if trace.exists() else b"-")
+    return h.hexdigest()[:20]
+
+
+def _build_part(part: Path, traces_dir: Path, split_of: dict[str, str], outputs: dict[str, Path], key: str, cfg: BuildConfig) -> dict[str, list[dict]]:
+    """Join one steps part with its traces; write one reasoning part per split (atomically, in row groups)."""
+    df = pq.read_table(part).to_pandas()
+    if df.empty:  # every episode of the shard was skipped at parse time
+        return {}
+    ukey = unnorm_key(df["dataset"].iloc[0], df["dataset_version"].iloc[0])
+    traces, keys = {}, {}
+    for ep, g in df.sort_values("step_index").groupby("episode_id"):
+        path = traces_dir / f"{ep}.json"
+        traces[ep] = read_json(path) if path.exists() else []
+        keys[ep] = episode_key(list(g["instruction"]), np.stack(g["action"].to_numpy()))
+    rows = []
+    for r in df.to_dict("records"):
+        recs = traces[r["episode_id"]]
+        record = recs[r["step_index"]] if r["step_index"] < len(recs) else None
+        rows.append(r | {"unnorm_key": ukey} | _trace_columns(record, keys[r["episode_id"]]))
+    by_split = {}
+    for split, dest in outputs.items():
+        by_split[split] = [r for r in rows if split_of[r["episode_id"]] == split]
+        with ParquetPartWriter(dest, REASONING_SCHEMA, cfg.row_group_size, {"refinevla.input": key}) as writer:
+            writer.write_rows(by_split[split])
+    return by_split
+
+
 def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path, cfg: BuildConfig = BuildConfig(), tracker: Tracker = Tracker(None)) -> dict:
     """Build one dataset: `steps_dir` = steps/<dataset>, `traces_dir` = traces/<dataset>/<teacher>@<prompt>."""
     steps_dir, traces_dir, out_dir = Path(steps_dir), Path(traces_dir), Path(out_dir)
@@ -72,6 +108,7 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
         raise FileNotFoundError(f"{steps_dir}: no parsed steps")
     episode_ids = []
     where: dict[str, str] = {}
+    episodes_of: dict[Path, list[str]] = {}
     for p in parts:
         ids = set(pq.read_table(p, columns=["episode_id"]).column("episode_id").to_pylist())
         clash = ids & where.keys()
@@ -79,43 +116,38 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
             e = sorted(clash)[0]
             raise ValueError(f"episode {e} appears in {where[e]} and in {p}: the source holds the same episode twice")
         where |= dict.fromkeys(ids, str(p))
+        episodes_of[p] = sorted(ids)
         episode_ids += ids
     split_of = assign_splits(episode_ids, cfg.val_fraction, cfg.split_seed)
 
     status = Counter()
     train_actions, train_states, counts = [], [], {s: Counter() for s in SPLITS}
     written: dict[str, set] = {s: set() for s in SPLITS}
+    reused = 0
     dataset = version = None
-    for i, part in enumerate(parts):
-        df = pq.read_table(part).to_pandas()
-        if df.empty:  # every episode of the shard was skipped at parse time
-            continue
-        dataset, version = df["dataset"].iloc[0], df["dataset_version"].iloc[0]
-        key = unnorm_key(dataset, version)
-        traces, keys = {}, {}
-        for ep, g in df.sort_values("step_index").groupby("episode_id"):
-            path = traces_dir / f"{ep}.json"
-            traces[ep] = read_json(path) if path.exists() else []
-            keys[ep] = episode_key(list(g["instruction"]), np.stack(g["action"].to_numpy()))
-        rows = []
-        for r in df.to_dict("records"):
-            recs = traces[r["episode_id"]]
-            record = recs[r["step_index"]] if r["step_index"] < len(recs) else None
-            rows.append(r | {"unnorm_key": key} | _trace_columns(record, keys[r["episode_id"]]))
-            status[rows[-1]["trace_status"]] += 1
-        for split in SPLITS:
-            sel = [r for r in rows if split_of[r["episode_id"]] == split]
-            if not sel:
+    for i, part in tqdm(list(enumerate(parts)), desc=f"build {steps_dir.name}", unit="part"):
+        name = f"part-{i:05d}.parquet"
+        episodes = episodes_of[part]
+        splits = {split_of[e] for e in episodes}
+        key = _part_key(part, episodes, traces_dir, split_of, cfg)
+        outputs = {split: out_dir / split / name for split in splits}
+        if all(f.exists() and part_metadata(f).get("refinevla.input") == key for f in outputs.values()):
+            rows_by_split = {split: pq.read_table(f, columns=["dataset", "dataset_version", "episode_id", "action", "state", "trace_status"]).to_pylist()
+                             for split, f in outputs.items()}  # a finished part of an earlier (or killed) build
+            reused += 1
+        else:
+            rows_by_split = _build_part(part, traces_dir, split_of, outputs, key, cfg)
+        for split, rows in rows_by_split.items():
+            if not rows:
                 continue
-            name = f"part-{i:05d}.parquet"
-            with ParquetPartWriter(out_dir / split / name, REASONING_SCHEMA, cfg.row_group_size) as writer:
-                writer.write_rows(sel)
+            dataset, version = rows[0]["dataset"], rows[0]["dataset_version"]
             written[split].add(name)
-            counts[split]["steps"] += len(sel)
-            counts[split]["episodes"] += len({r["episode_id"] for r in sel})
+            status.update(r["trace_status"] for r in rows)
+            counts[split]["steps"] += len(rows)
+            counts[split]["episodes"] += len({r["episode_id"] for r in rows})
             if split == "train":
-                train_actions += [r["action"] for r in sel]
-                train_states += [r["state"] for r in sel]
+                train_actions += [r["action"] for r in rows]
+                train_states += [r["state"] for r in rows]
     for split in SPLITS:  # parts of an earlier build (other split settings, more parts) must not linger
         for old in (out_dir / split).glob("part-*.parquet"):
             if old.name not in written[split]:
@@ -131,6 +163,7 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
         "train_steps": counts["train"]["steps"], "val_steps": counts["val"]["steps"],
         "train_episodes": counts["train"]["episodes"], "val_episodes": counts["val"]["episodes"],
         "trace_ok": status["ok"], "trace_failed": status["failed"], "trace_missing": status["missing"], "trace_stale": status["stale"],
+        "parts_built": len(parts) - reused, "parts_reused": reused,
     }
     write_text_atomic(out_dir / "README.md", dataset_card(summary, traces_dir))
     log.info("built %s: %d train / %d val steps; traces ok %d, failed %d, missing %d, stale %d", dataset, summary["train_steps"],
@@ -162,6 +195,12 @@ Trace status: ok {s['trace_ok']}, failed {s['trace_failed']}, missing {s['trace_
   is what the dataset recorded.
 - Licence: that of the source dataset (the bundled sample is synthetic, generated by refinevla); the traces are
   derived data, subject to the teacher's terms of use.
+- Reading: `pandas.read_parquet("train")`, `pyarrow.dataset.dataset("train")`, DuckDB
+  `SELECT * FROM read_parquet('train/*.parquet')`, or `datasets.load_dataset("parquet", data_files={{"train": "train/*.parquet"}})`.
+
+## Columns (also in each file's Arrow field metadata, schema version {SCHEMA_VERSION})
+
+{schema_table(REASONING_SCHEMA)}
 """
 
 
