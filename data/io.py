@@ -46,6 +46,9 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+BINARY_COLUMNS = ("images",)  # columns of already-compressed bytes
+
+
 class ParquetPartWriter:
     """Rows in, one Parquet file out: row groups are written as they fill (memory stays bounded) into a
     hidden temporary file that replaces `dest` only when the block, final flush included, ends without error.
@@ -64,7 +67,11 @@ class ParquetPartWriter:
 
         self._path = atomic_path(self.dest)
         self._tmp = self._path.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        # Encoded images (JPEG/PNG) do not compress: zstd and dictionary encoding on them only cost time,
+        # on every write and read. Everything else: zstd.
+        names = self.schema.names
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression={n: "none" if n in BINARY_COLUMNS else "zstd" for n in names},
+                                        use_dictionary=[n for n in names if n not in BINARY_COLUMNS])
         return self
 
     def write_rows(self, rows: list[dict]) -> None:
@@ -72,6 +79,12 @@ class ParquetPartWriter:
         self.count += len(rows)
         if len(self.rows) >= self.row_group_size:
             self._flush()
+
+    def write_table(self, table) -> None:
+        """Append an Arrow table (columns in the schema's order) without going through Python rows."""
+        self._flush()
+        self._writer.write_table(table.cast(self.schema), row_group_size=self.row_group_size)
+        self.count += table.num_rows
 
     def _flush(self) -> None:
         import pyarrow as pa

@@ -64,8 +64,8 @@ class Trace:
             f"<sub_action> {self.sub_action}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:  # by hand: dataclasses.asdict's deep copy dominated the build
+        return {k: list(getattr(self, k)) if k == "logical_steps" else getattr(self, k) for k in TRACE_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trace:

@@ -2,8 +2,9 @@
 
 The dataset yields raw samples (primary-camera image bytes, instruction, the step's reasoning text, the
 (chunk, 7) actions from this step on with the last one repeated past the end, the unnorm key); a
-`transform` (the student's processor, from `models/`) turns them into tensors. Skeleton depth: the
-needed columns are loaded into memory; issue #6 streams, augments and shards.
+`transform` (the student's processor, from `models/`) turns them into tensors. The needed columns are
+loaded into memory: this is for the small held-out splits that evaluation and attention maps index into;
+training streams instead (data/loader.py).
 """
 
 from __future__ import annotations

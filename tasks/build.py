@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from data.io import ParquetPartWriter, fingerprint, part_metadata, read_json, write_json_atomic, write_text_atomic
-from data.schema import REASONING_SCHEMA, SCHEMA_VERSION, schema_table
+from data.schema import REASONING_SCHEMA, SCHEMA_VERSION, TRACE_COLUMNS, schema_table
 from data.statistics import dataset_statistics, unnorm_key
 from data.traces import TRACE_FIELDS, Trace, episode_key
 from tasks.caching import code_hash, stage_cache_policy
@@ -40,6 +41,7 @@ class BuildConfig(BaseModel):
     val_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="Share of episodes held out for validation.")
     split_seed: int = Field(0, description="Seed of the episode → split assignment.")
     row_group_size: int = Field(256, ge=16, le=65536, description="Rows per Parquet row group.")
+    workers: int = Field(4, ge=1, le=64, description="Parts built in parallel threads (each holds one steps part in memory; reads and writes overlap).")
 
 
 def assign_splits(episode_ids: list[str], val_fraction: float, seed: int) -> dict[str, str]:
@@ -76,28 +78,44 @@ def _part_key(part: Path, episodes: list[str], traces_dir: Path, split_of: dict[
     return h.hexdigest()[:20]
 
 
-def _build_part(part: Path, traces_dir: Path, split_of: dict[str, str], outputs: dict[str, Path], key: str, cfg: BuildConfig) -> dict[str, list[dict]]:
-    """Join one steps part with its traces; write one reasoning part per split (atomically, in row groups)."""
-    df = pq.read_table(part).to_pandas()
-    if df.empty:  # every episode of the shard was skipped at parse time
+SUMMARY_COLUMNS = ["dataset", "dataset_version", "episode_id", "action", "state", "trace_status"]
+
+
+def _build_part(part: Path, traces_dir: Path, split_of: dict[str, str], outputs: dict[str, Path], key: str, cfg: BuildConfig) -> dict:
+    """Join one steps part with its traces; write one reasoning part per split (atomically, in row groups).
+    The step columns stay Arrow (images are never turned into Python objects); only the small trace
+    columns are built row by row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pq.read_table(part)
+    if table.num_rows == 0:  # every episode of the shard was skipped at parse time
         return {}
-    ukey = unnorm_key(df["dataset"].iloc[0], df["dataset_version"].iloc[0])
-    traces, keys = {}, {}
-    for ep, g in df.sort_values("step_index").groupby("episode_id"):
-        path = traces_dir / f"{ep}.json"
-        traces[ep] = read_json(path) if path.exists() else []
-        keys[ep] = episode_key(list(g["instruction"]), np.stack(g["action"].to_numpy()))
-    rows = []
-    for r in df.to_dict("records"):
-        recs = traces[r["episode_id"]]
-        record = recs[r["step_index"]] if r["step_index"] < len(recs) else None
-        rows.append(r | {"unnorm_key": ukey} | _trace_columns(record, keys[r["episode_id"]]))
-    by_split = {}
+    ids, steps = table.column("episode_id").to_pylist(), table.column("step_index").to_pylist()
+    instructions = table.column("instruction").to_pylist()
+    actions = np.stack(table.column("action").to_numpy(zero_copy_only=False))
+    rows_of: dict[str, list[int]] = {}
+    for i, e in enumerate(ids):
+        rows_of.setdefault(e, []).append(i)
+    trace_rows = [None] * len(ids)
+    for e, idx in rows_of.items():
+        idx = sorted(idx, key=lambda i: steps[i])
+        path = traces_dir / f"{e}.json"
+        records = read_json(path) if path.exists() else []
+        ekey = episode_key([instructions[i] for i in idx], actions[idx])
+        for i in idx:
+            trace_rows[i] = _trace_columns(records[steps[i]] if steps[i] < len(records) else None, ekey)
+    ukey = unnorm_key(table.column("dataset")[0].as_py(), table.column("dataset_version")[0].as_py())
+    extra = pa.Table.from_pylist(trace_rows, schema=pa.schema(TRACE_COLUMNS))
+    full = pa.Table.from_arrays([*table.columns, pa.array([ukey] * len(ids), pa.string()), *extra.columns], schema=REASONING_SCHEMA)
+    split_col = pa.array([split_of[e] for e in ids])
+    out = {}
     for split, dest in outputs.items():
-        by_split[split] = [r for r in rows if split_of[r["episode_id"]] == split]
+        sub = full.filter(pc.equal(split_col, split))
         with ParquetPartWriter(dest, REASONING_SCHEMA, cfg.row_group_size, {"refinevla.input": key}) as writer:
-            writer.write_rows(by_split[split])
-    return by_split
+            writer.write_table(sub)
+        out[split] = sub.select(SUMMARY_COLUMNS)
+    return out
 
 
 def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path, cfg: BuildConfig = BuildConfig(), tracker: Tracker = Tracker(None)) -> dict:
@@ -125,29 +143,31 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
     written: dict[str, set] = {s: set() for s in SPLITS}
     reused = 0
     dataset = version = None
-    for i, part in tqdm(list(enumerate(parts)), desc=f"build {steps_dir.name}", unit="part"):
+
+    def one_part(i: int, part: Path) -> tuple[str, dict, bool]:
         name = f"part-{i:05d}.parquet"
-        episodes = episodes_of[part]
-        splits = {split_of[e] for e in episodes}
-        key = _part_key(part, episodes, traces_dir, split_of, cfg)
-        outputs = {split: out_dir / split / name for split in splits}
-        if all(f.exists() and part_metadata(f).get("refinevla.input") == key for f in outputs.values()):
-            rows_by_split = {split: pq.read_table(f, columns=["dataset", "dataset_version", "episode_id", "action", "state", "trace_status"]).to_pylist()
-                             for split, f in outputs.items()}  # a finished part of an earlier (or killed) build
-            reused += 1
-        else:
-            rows_by_split = _build_part(part, traces_dir, split_of, outputs, key, cfg)
-        for split, rows in rows_by_split.items():
-            if not rows:
-                continue
-            dataset, version = rows[0]["dataset"], rows[0]["dataset_version"]
-            written[split].add(name)
-            status.update(r["trace_status"] for r in rows)
-            counts[split]["steps"] += len(rows)
-            counts[split]["episodes"] += len({r["episode_id"] for r in rows})
-            if split == "train":
-                train_actions += [r["action"] for r in rows]
-                train_states += [r["state"] for r in rows]
+        key = _part_key(part, episodes_of[part], traces_dir, split_of, cfg)
+        outputs = {split: out_dir / split / name for split in {split_of[e] for e in episodes_of[part]}}
+        if all(f.exists() and part_metadata(f).get("refinevla.input") == key for f in outputs.values()):  # finished earlier
+            return name, {split: pq.read_table(f, columns=SUMMARY_COLUMNS) for split, f in outputs.items()}, True
+        return name, _build_part(part, traces_dir, split_of, outputs, key, cfg), False
+
+    # Parts in parallel threads (Arrow reads, joins and writes release the GIL); results in part order.
+    with ThreadPoolExecutor(cfg.workers) as pool:
+        done = pool.map(lambda a: one_part(*a), enumerate(parts))
+        for name, rows_by_split, was_reused in tqdm(done, total=len(parts), desc=f"build {steps_dir.name}", unit="part"):
+            reused += was_reused
+            for split, rows in rows_by_split.items():
+                if rows.num_rows == 0:
+                    continue
+                dataset, version = rows.column("dataset")[0].as_py(), rows.column("dataset_version")[0].as_py()
+                written[split].add(name)
+                status.update(rows.column("trace_status").to_pylist())
+                counts[split]["steps"] += rows.num_rows
+                counts[split]["episodes"] += len(set(rows.column("episode_id").to_pylist()))
+                if split == "train":
+                    train_actions += list(rows.column("action").to_numpy(zero_copy_only=False))
+                    train_states += list(rows.column("state").to_numpy(zero_copy_only=False))
     for split in SPLITS:  # parts of an earlier build (other split settings, more parts) must not linger
         for old in (out_dir / split).glob("part-*.parquet"):
             if old.name not in written[split]:
@@ -156,7 +176,7 @@ def run_build(steps_dir: str | Path, traces_dir: str | Path, out_dir: str | Path
         raise ValueError(f"{steps_dir}: no train episodes (val_fraction={cfg.val_fraction}, {len(split_of)} episodes)")
 
     key = unnorm_key(dataset, version)
-    stats = {key: dataset_statistics(np.array(train_actions), np.array(train_states), counts["train"]["episodes"])}
+    stats = {key: dataset_statistics(np.stack(train_actions), np.stack(train_states), counts["train"]["episodes"])}
     write_json_atomic(out_dir / "stats.json", stats)
     summary = {
         "dataset": dataset, "version": version, "unnorm_key": key, "out_dir": str(out_dir), "stats": str(out_dir / "stats.json"),

@@ -3,7 +3,8 @@
 The loop, in one screen:
 
     for step in 1..total:
-        batch  = the step's slice of a seeded per-epoch permutation of the train samples
+        batch  = the next batch of the training stream (data/loader.py: Parquet parts shuffled per epoch,
+                 a shuffle buffer, optional augmentation, DataLoader worker processes)
         loss   = L_action + λ · L_reasoning            (models/objective.refinevla_loss)
         backward, clip, AdamW, warmup-then-linear LR
         log losses / accuracies / LR / throughput to MLflow
@@ -11,7 +12,8 @@ The loop, in one screen:
 
 Frozen: vision tower, input embeddings and the first N Gemma2 layers (path filters, logged). A run
 directory holds one configuration; re-running resumes from its latest checkpoint (weights, optimizer,
-scheduler and data position), and a finished run is not trained again.
+scheduler and data position: the stream skips what earlier steps consumed without decoding it), and a
+finished run is not trained again.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ class FinetuneConfig(BaseModel):
     action_chunk_size: int = Field(4, ge=1, description="Future actions per sample (SpatialVLA: 4, i.e. 12 action tokens).")
     tokenizer_vocab_size: int = Field(1024, ge=300, description="BPE vocabulary learned for a fresh model (ignored for checkpoints).")
     min_sigma: float = Field(0.0, ge=0, description="Lower bound of the per-axis sigma when fitting action bins for a fresh model.")
-    seed: int = Field(0, description="Seed of initialisation and data order.")
+    seed: int = Field(0, description="Seed of initialisation, data order and augmentation.")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes decoding samples (0: in the training process).")
+    shuffle_buffer: int = Field(1000, ge=1, description="Samples in the loader's shuffle buffer (SpatialVLA: 100k-sample buffer).")
+    augment: bool = Field(False, description="SpatialVLA's image augmentation: random-resized crop (scale 0.9) and colour jitter (SpatialVLA fine-tuning: on).")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:n]'.")
     precision: Literal["auto", "fp32", "bf16-mixed"] = Field("auto", description="'auto': bf16-mixed on CUDA, fp32 on CPU.")
 
@@ -80,17 +85,6 @@ def merged_statistics(data_dirs: list[Path]) -> dict:
             raise FileNotFoundError(f"{d}: stats.json missing; run the build stage first")
         stats.update(read_json(d / "stats.json"))
     return stats
-
-
-def batch_indices(n: int, batch_size: int, seed: int, step: int):
-    """Sample indices of optimizer step `step` (1-based): a fresh seeded permutation every epoch, so the
-    data position is a pure function of the step and resuming needs no loader state."""
-    import torch
-
-    per_epoch = math.ceil(n / batch_size)
-    epoch, i = divmod(step - 1, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
-    return perm[i * batch_size : (i + 1) * batch_size].tolist()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -145,14 +139,16 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     return path
 
 
-def _build_or_load(cfg: FinetuneConfig, samples, statistics: dict):
+def _build_or_load(cfg: FinetuneConfig, train_dirs: list[Path], statistics: dict):
+    from data.training import read_reasoning_table
     from models.spatialvla.policy import build_student, load_checkpoint
 
-    if cfg.base_model in ("tiny", "4b"):
-        texts = [r["instruction"].lower() for r in samples.records] + [r["reasoning"] for r in samples.records if r["reasoning"]]
+    if cfg.base_model in ("tiny", "4b"):  # text and actions only: the tokenizer's corpus and the action grid's fit
+        rows = read_reasoning_table(train_dirs, ["instruction", "reasoning_text", "trace_status", "unnorm_key", "action"]).to_pylist()
+        texts = [r["instruction"].lower() for r in rows] + [r["reasoning_text"] for r in rows if r["trace_status"] == "ok" and r["reasoning_text"]]
         by_key: dict[str, list] = {}
-        for r in samples.records:
-            by_key.setdefault(r["unnorm_key"], []).append(r["actions"][0])
+        for r in rows:
+            by_key.setdefault(r["unnorm_key"], []).append(r["action"])
         return build_student(cfg.base_model, texts, statistics, {k: np.stack(v) for k, v in by_key.items()}, cfg.tokenizer_vocab_size,
                              cfg.min_sigma, cfg.max_reasoning_tokens, cfg.action_chunk_size, cfg.seed)
     model, processor = load_checkpoint(cfg.base_model)
@@ -161,10 +157,34 @@ def _build_or_load(cfg: FinetuneConfig, samples, statistics: dict):
     return model, processor
 
 
+def _stream(cfg: FinetuneConfig, train_dirs: list[Path], processor, epoch: int, skip_batches: int = 0):
+    import torch
+
+    from data.loader import ReasoningStream
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return ReasoningStream(train_dirs, processor.training_sample, cfg.action_chunk_size, cfg.seed, epoch, cfg.shuffle_buffer, cfg.augment,
+                           torch.distributed.get_rank() if distributed else 0, torch.distributed.get_world_size() if distributed else 1,
+                           skip_batches, cfg.batch_size, cfg.num_workers, image_size=processor.image_size)
+
+
+def _batches(cfg: FinetuneConfig, train_dirs: list[Path], processor, done_steps: int):
+    """Collated batches from optimizer step `done_steps + 1` on, epoch after epoch: the data position is a
+    pure function of the step, so resuming needs no loader state."""
+    import torch
+
+    epoch, skip = 0, done_steps
+    while skip >= (n := _stream(cfg, train_dirs, processor, epoch).num_batches()):
+        epoch, skip = epoch + 1, skip - n
+    while True:
+        stream = _stream(cfg, train_dirs, processor, epoch, skip)
+        yield from torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=processor.collate)
+        epoch, skip = epoch + 1, 0
+
+
 def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), tracker: Tracker = Tracker(None)) -> dict:
     import torch
 
-    from data.training import StepSamples
     from models.objective import apply_freezing, freeze_filters, labelled_window, refinevla_loss
     from models.spatialvla.policy import load_checkpoint
 
@@ -173,22 +193,19 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [str(d) for d in data_dirs], "data_fingerprint": fingerprint(train_dirs)})
     device, precision = _device_and_precision(cfg)
     statistics = merged_statistics(data_dirs)
-    samples = StepSamples(train_dirs, cfg.action_chunk_size)
-
     resume_from = latest_checkpoint(run_dir)
-    model, processor = load_checkpoint(resume_from) if resume_from else _build_or_load(cfg, samples, statistics)
+    model, processor = load_checkpoint(resume_from) if resume_from else _build_or_load(cfg, train_dirs, statistics)
     n_layers = model.config.text_config.num_hidden_layers
     if cfg.freeze_first_n_layers > n_layers:
         raise ValueError(f"freeze_first_n_layers={cfg.freeze_first_n_layers} but the model has {n_layers} language layers")
-    samples.transform = processor.training_sample
     model.to(device).train()
     filters = freeze_filters(cfg.freeze_vision, cfg.freeze_embeddings, cfg.freeze_first_n_layers)
     counts = apply_freezing(model, filters)
     log.info("trainable %d / %d parameters (frozen by %s)", counts["params_trainable"], counts["params_total"], filters)
-    tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(samples), "resolved_device": device, "resolved_precision": precision})
+    first_epoch = _stream(cfg, train_dirs, processor, epoch=0)
+    tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(first_epoch), "resolved_device": device, "resolved_precision": precision})
 
-    per_epoch = math.ceil(len(samples) / cfg.batch_size)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * first_epoch.num_batches()))
     warmup = int(cfg.warmup_ratio * total)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
@@ -202,11 +219,11 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     bar = tqdm(range(start + 1, total + 1), desc="finetune", unit="step", initial=start, total=total)
+    batches = _batches(cfg, train_dirs, processor, start)
     with tracker.system_metrics():
         for step in bar:
             t0 = time.perf_counter()
-            batch = processor.collate([samples[i] for i in batch_indices(len(samples), cfg.batch_size, cfg.seed, step)])
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in next(batches).items()}
             with autocast:
                 out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
                             logits_to_keep=labelled_window(batch["labels"]))
@@ -233,7 +250,7 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     curves = plot_curves(history, run_dir / "training_curves.png")
     tracker.log_artifact(curves)
     last = history[-1] if history else {}
-    summary = {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "steps": total, "resumed_from": start, "train_samples": len(samples),
+    summary = {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "steps": total, "resumed_from": start, "train_samples": len(first_epoch),
                **counts, "curves": str(curves), **{f"final_{k}": v for k, v in last.items() if k != "step"}}
     log.info("fine-tuned %d steps → %s (loss %.3f)", total, checkpoint, last.get("loss", float("nan")))
     return summary

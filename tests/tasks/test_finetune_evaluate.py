@@ -9,14 +9,8 @@ from safetensors.torch import load_file
 
 from tasks.attention import AttentionConfig, run_attention
 from tasks.evaluate import run_evaluate
-from tasks.finetune import FinetuneConfig, batch_indices, run_finetune
+from tasks.finetune import FinetuneConfig, run_finetune
 from tests.conftest import TINY_FINETUNE
-
-
-def test_batches_cover_each_epoch_once():
-    seen = [i for step in range(1, 4) for i in batch_indices(10, 4, seed=3, step=step)]
-    assert sorted(seen) == list(range(10))
-    assert batch_indices(10, 4, 3, 2) == batch_indices(10, 4, 3, 2)
 
 
 def test_resume_continues_the_same_run(tmp_path, reasoning_dirs, checkpoint):
