@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from data.io import atomic_path, fingerprint, read_json, write_json_atomic
+from models.lora import DEFAULT_TARGETS
 from tasks.caching import stage_cache_policy
 from tasks.retry import transient_only
 from tasks.tracking import RunRef, Tracker, stage_run
@@ -66,6 +67,13 @@ class FinetuneConfig(BaseModel):
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes decoding samples (0: in the training process).")
     shuffle_buffer: int = Field(1000, ge=1, description="Samples in the loader's shuffle buffer (SpatialVLA: 100k-sample buffer).")
     augment: bool = Field(False, description="SpatialVLA's image augmentation: random-resized crop (scale 0.9) and colour jitter (SpatialVLA fine-tuning: on).")
+    lora: bool = Field(False, description="Train LoRA adapters instead of the weights (one-GPU budgets); frozen parts get no adapters.")
+    lora_rank: int = Field(32, ge=1, description="LoRA rank (SpatialVLA's LoRA recipe: 32).")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha/rank (SpatialVLA: 32).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_targets: str = Field(DEFAULT_TARGETS, description="Regex over module paths of the linear layers that get adapters (default: attention, MLP and projector).")
+    gradient_checkpointing: bool = Field(False, description="Recompute the language model's activations in the backward pass (less memory, ~30% slower).")
+    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: 8-bit optimizer states (needs bitsandbytes and a GPU).")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:n]'.")
     precision: Literal["auto", "fp32", "bf16-mixed"] = Field("auto", description="'auto': bf16-mixed on CUDA, fp32 on CPU.")
 
@@ -102,13 +110,21 @@ def _check_run_dir(run_dir: Path, settings: dict) -> None:
     write_json_atomic(path, settings)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, processor, opt, sched, history: list[dict]) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, processor, opt, sched, history: list[dict], lora: bool = False) -> Path:
+    """step-N/: a full checkpoint (with LoRA: the adapters merged in, same layout) + trainer state; with LoRA
+    also step-N/adapter/ (the adapters alone, for sharing and for resuming)."""
     import torch
+
+    from models.lora import save_adapter, save_merged
 
     final = run_dir / f"step-{step}"
     tmp = run_dir / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    if lora:
+        save_merged(model, tmp)
+        save_adapter(model, tmp / "adapter")
+    else:
+        model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}, tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -157,6 +173,24 @@ def _build_or_load(cfg: FinetuneConfig, train_dirs: list[Path], statistics: dict
     return model, processor
 
 
+def _param_counts(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": total, "params_trainable": trainable, "params_frozen": total - trainable}
+
+
+def _optimizer(cfg: FinetuneConfig, params: list):
+    import torch
+
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ValueError("finetune.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes) and a CUDA GPU") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
 def _stream(cfg: FinetuneConfig, train_dirs: list[Path], processor, epoch: int, skip_batches: int = 0):
     import torch
 
@@ -194,20 +228,41 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     device, precision = _device_and_precision(cfg)
     statistics = merged_statistics(data_dirs)
     resume_from = latest_checkpoint(run_dir)
-    model, processor = load_checkpoint(resume_from) if resume_from else _build_or_load(cfg, train_dirs, statistics)
+    filters = freeze_filters(cfg.freeze_vision, cfg.freeze_embeddings, cfg.freeze_first_n_layers)
+    if cfg.lora:  # adapters on a fixed base: the base is kept once per run (fresh shapes) or referenced (a checkpoint dir)
+        base_dir = Path(cfg.base_model) if Path(cfg.base_model).is_dir() else run_dir / "base"
+        if not (base_dir / "config.json").exists():
+            model, processor = _build_or_load(cfg, train_dirs, statistics)
+            model.save_pretrained(base_dir)
+            processor.save_pretrained(base_dir)
+        model, processor = load_checkpoint(base_dir)
+        if resume_from:
+            from models.lora import load_adapter
+
+            model = load_adapter(model, resume_from / "adapter", trainable=True)
+    else:
+        model, processor = load_checkpoint(resume_from) if resume_from else _build_or_load(cfg, train_dirs, statistics)
     n_layers = model.config.text_config.num_hidden_layers
     if cfg.freeze_first_n_layers > n_layers:
         raise ValueError(f"freeze_first_n_layers={cfg.freeze_first_n_layers} but the model has {n_layers} language layers")
+    if cfg.lora:
+        from models.lora import apply_lora
+
+        if not resume_from:
+            model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, filters)[0]
+        counts = _param_counts(model) | {"lora_modules": sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))}
+    else:
+        counts = apply_freezing(model, filters)
+    if cfg.gradient_checkpointing:
+        (model.get_base_model() if cfg.lora else model).language_model.gradient_checkpointing_enable()
     model.to(device).train()
-    filters = freeze_filters(cfg.freeze_vision, cfg.freeze_embeddings, cfg.freeze_first_n_layers)
-    counts = apply_freezing(model, filters)
-    log.info("trainable %d / %d parameters (frozen by %s)", counts["params_trainable"], counts["params_total"], filters)
+    log.info("trainable %d / %d parameters (%s)", counts["params_trainable"], counts["params_total"], "LoRA" if cfg.lora else f"frozen by {filters}")
     first_epoch = _stream(cfg, train_dirs, processor, epoch=0)
     tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(first_epoch), "resolved_device": device, "resolved_precision": precision})
 
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * first_epoch.num_batches()))
     warmup = int(cfg.warmup_ratio * total)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     start, history = 0, []
     if resume_from:
@@ -244,7 +299,7 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
             tracker.log_metrics(metrics, step)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", act=f"{metrics['action_token_acc']:.2f}")
             if step % cfg.save_steps == 0 or step == total:
-                save_checkpoint(run_dir, step, model, processor, opt, sched, history)
+                save_checkpoint(run_dir, step, model, processor, opt, sched, history, cfg.lora)
 
     checkpoint = latest_checkpoint(run_dir)
     curves = plot_curves(history, run_dir / "training_curves.png")

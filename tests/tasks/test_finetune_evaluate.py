@@ -27,6 +27,28 @@ def test_resume_continues_the_same_run(tmp_path, reasoning_dirs, checkpoint):
     assert again["resumed_from"] == 4
 
 
+def test_lora_run_saves_merged_checkpoints_with_adapters_and_resumes(tmp_path, reasoning_dirs):
+    from models.spatialvla.policy import load_checkpoint
+
+    cfg = FinetuneConfig(**{**TINY_FINETUNE, "lora": True, "lora_rank": 4, "lora_alpha": 8.0, "learning_rate": 1e-2})
+    full = run_finetune(reasoning_dirs, tmp_path / "a", cfg)
+    step4 = tmp_path / "a" / "step-4"
+    assert (step4 / "adapter" / "adapter_config.json").exists() and (tmp_path / "a" / "base" / "config.json").exists()
+    assert full["params_trainable"] < full["params_total"] / 10 and full["lora_modules"] > 0
+    load_checkpoint(step4)  # the merged checkpoint loads like any other
+    base = load_file(tmp_path / "a" / "base" / "model.safetensors")
+    merged = load_file(step4 / "model.safetensors")
+    assert set(base) == set(merged) and any(not torch.equal(base[k], merged[k]) for k in base)
+    assert all(torch.equal(base[k], merged[k]) for k in base if ".layers.0." in k or k.startswith("vision_tower."))  # frozen stays
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "step-4")
+    resumed = run_finetune(reasoning_dirs, tmp_path / "b", cfg)
+    assert resumed["resumed_from"] == 2
+    again = load_file(tmp_path / "b" / "step-4" / "model.safetensors")
+    for k in merged:
+        assert torch.allclose(merged[k], again[k], atol=1e-6), k
+
+
 def test_a_run_folder_holds_one_configuration(tmp_path, reasoning_dirs, checkpoint):
     run = tmp_path / "run"
     shutil.copytree(checkpoint.parent, run)

@@ -1,0 +1,115 @@
+"""Memory and speed of one training step: full fine-tuning vs LoRA, on the tiny or the 4 B shape.
+
+    .venv/bin/python bench/train_step.py [--shape 4b] [--batch 8] [--steps 3] [--freeze-layers 12]
+
+On a CUDA GPU: builds the shape with random weights (no download), runs `--steps` optimizer steps of the
+real objective on random images and a sequence of SpatialVLA's length (256 image tokens, a prompt, 244
+reasoning tokens, 12 action tokens, <eos>), bf16 autocast as in fine-tuning, and prints peak GPU memory
+(`torch.cuda.max_memory_allocated`) and seconds per step for: full (vision + first N layers frozen), full
+with gradient checkpointing, LoRA r=32, LoRA with gradient checkpointing.
+Without a GPU: counts the parameters on the meta device and prints the memory that weights, gradients and
+AdamW states take in each setting (a floor: activations come on top), labelled as an estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# SpatialVLA's vocabulary: Gemma's 257,152 text ids (<image> among them) + 8,194 action tokens; tiny: a learned 1,024
+VOCAB = {"4b": 257152 + 8194, "tiny": 1024 + 1 + 8194}
+
+
+def build(shape: str, device: str):
+    import torch
+
+    from models.spatialvla.configuration_spatialvla import spatialvla_config
+    from models.spatialvla.modeling_spatialvla import SpatialVLAForConditionalGeneration
+
+    config = spatialvla_config(shape, VOCAB[shape], VOCAB[shape] - 8195, VOCAB[shape] - 8194)
+    with torch.device(device):
+        return SpatialVLAForConditionalGeneration(config)
+
+
+def settings(model, freeze_layers: int, lora: bool):
+    from models.lora import DEFAULT_TARGETS, apply_lora
+    from models.objective import apply_freezing, freeze_filters
+
+    filters = freeze_filters(True, True, freeze_layers)
+    if lora:
+        return apply_lora(model, 32, 32.0, 0.0, DEFAULT_TARGETS, filters)[0]
+    apply_freezing(model, filters)
+    return model
+
+
+def estimate(args) -> None:
+    model = build(args.shape, "meta")
+    print(f"no CUDA GPU: estimates from parameter counts of the {args.shape} shape (weights fp32 as trained, AdamW 2 fp32 states,")
+    print("fp32 gradients; activations not included, they grow with batch × sequence length)")
+    print(f"{'setting':>28} | {'params M':>8} | {'trainable M':>11} | {'weights GB':>10} | {'grads+Adam GB':>13} | {'floor GB':>8}")
+    for name, lora in (("full, vision+N layers frozen", False), ("LoRA r=32", True)):
+        m = settings(build(args.shape, "meta"), args.freeze_layers, lora)
+        total = sum(p.numel() for p in m.parameters())
+        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        w, opt = total * 4 / 1e9, trainable * (4 + 8) / 1e9
+        print(f"{name:>28} | {total / 1e6:8.1f} | {trainable / 1e6:11.1f} | {w:10.2f} | {opt:13.2f} | {w + opt:8.2f}")
+    del model
+
+
+def measure(args) -> None:
+    import torch
+
+    from models.objective import refinevla_loss
+
+    seq = 256 + 24 + 244 + 13
+    print(f"{torch.cuda.get_device_name()}; shape {args.shape}; batch {args.batch}; sequence {seq}; bf16 autocast")
+    print(f"{'setting':>30} | {'peak GB':>8} | {'s/step':>7}")
+    for name, lora, ckpt in (("full", False, False), ("full + grad. checkpointing", False, True), ("LoRA r=32", True, False),
+                             ("LoRA r=32 + grad. checkpointing", True, True)):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        model = settings(build(args.shape, "cuda"), args.freeze_layers, lora)
+        if ckpt:
+            (model.get_base_model() if lora else model).language_model.gradient_checkpointing_enable()
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        ids = torch.randint(0, 1000, (args.batch, seq), device="cuda")
+        ids[:, :256] = VOCAB[args.shape] - 8195  # <image>
+        kinds = torch.zeros_like(ids)
+        kinds[:, 280:-13], kinds[:, -13:] = 1, 2
+        labels = torch.where(kinds > 0, ids, -100)
+        pixels = torch.rand(args.batch, 3, 224, 224, device="cuda")
+        times = []
+        for _ in range(args.steps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids), logits_to_keep=seq - 280 + 1)
+            refinevla_loss(out.logits, labels, kinds, 0.5).total.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        print(f"{name:>30} | {torch.cuda.max_memory_allocated() / 1e9:8.1f} | {min(times):7.2f}")
+        del model, opt, out
+    print("bf16 weights instead of fp32 master weights, or an 8-bit optimizer (--finetune.optimizer adamw8bit), lower these further.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="4b", choices=["tiny", "4b"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--freeze-layers", type=int, default=12)
+    args = ap.parse_args()
+    import torch
+
+    measure(args) if torch.cuda.is_available() else estimate(args)
+
+
+if __name__ == "__main__":
+    main()
