@@ -90,6 +90,8 @@ class ReasoningStream(torch.utils.data.IterableDataset):
         self.files = [(str(f), pq.ParquetFile(f).metadata.num_rows) for d in dirs for f in sorted(Path(d).glob("part-*.parquet"))]
         if not self.files:
             raise FileNotFoundError(f"no part-*.parquet files in {[str(d) for d in dirs]}")
+        if world_size > len(self.files):  # parts are the unit of sharding: a rank without one would train on nothing
+            raise ValueError(f"{len(self.files)} Parquet parts cannot feed {world_size} ranks; rebuild with more parts or use fewer ranks")
         self.transform, self.chunk, self.seed, self.epoch = transform, chunk, seed, epoch
         self.shuffle_buffer, self.augment, self.use_reasoning, self.image_size = shuffle_buffer, augment, use_reasoning, image_size
         self.rank, self.world_size, self.skip_batches, self.batch_size, self.num_workers = rank, world_size, skip_batches, batch_size, num_workers

@@ -240,8 +240,8 @@ class TraceStore:
     def load(self, episode_id: str, num_steps: int) -> list[dict[str, Any] | None]:
         p = self.path(episode_id)
         records: list[dict[str, Any] | None] = read_json(p) if p.exists() else []
-        if len(records) > num_steps:
-            raise ValueError(f"{p}: holds {len(records)} steps but the episode has {num_steps}")
+        if len(records) > num_steps:  # the episode changed (fewer steps): its records' episode key no longer matches
+            return records[:num_steps]
         return records + [None] * (num_steps - len(records))
 
     def save(self, episode_id: str, records: list[dict[str, Any] | None]) -> None:

@@ -41,7 +41,7 @@ def split_dirs(data_dirs: list[str | Path], split: str) -> list[Path]:
     return found
 
 
-def read_reasoning_table(dirs: list[str | Path], columns: list[str] = COLUMNS):
+def read_reasoning_table(dirs: list[str | Path], columns: list[str] = COLUMNS, filter=None):
     dirs = [Path(d) for d in dirs]
     missing = [str(d) for d in dirs if not d.exists()]
     if missing:
@@ -49,15 +49,18 @@ def read_reasoning_table(dirs: list[str | Path], columns: list[str] = COLUMNS):
     files = [str(f) for d in dirs for f in sorted(d.glob("part-*.parquet"))]
     if not files:
         raise ValueError(f"no part-*.parquet files in {[str(d) for d in dirs]}")
-    table = pads.dataset(files, format="parquet").to_table(columns=columns)
+    table = pads.dataset(files, format="parquet").to_table(columns=columns, filter=filter)
     if table.num_rows == 0:
         raise ValueError(f"no rows in {[str(d) for d in dirs]}")
     return table
 
 
 class StepSamples(torch.utils.data.Dataset):
-    def __init__(self, dirs: list[str | Path], chunk: int, transform: Callable[..., dict] | None = None, use_reasoning: bool = True):
-        df = read_reasoning_table(dirs).to_pandas()
+    def __init__(self, dirs: list[str | Path], chunk: int, transform: Callable[..., dict] | None = None, use_reasoning: bool = True,
+                 episodes: list[str] | None = None):
+        import pyarrow.compute as pc
+
+        df = read_reasoning_table(dirs, filter=None if episodes is None else pc.field("episode_id").isin(episodes)).to_pandas()
         df = df.sort_values(["dataset", "episode_id", "step_index"], kind="stable").reset_index(drop=True)
         chunks = np.empty((len(df), chunk, 7), np.float32)
         for _, idx in df.groupby(["dataset", "episode_id"], sort=False).indices.items():

@@ -49,7 +49,7 @@ class AnnotateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    max_workers: int = Field(4, ge=1, le=256, description="Episodes annotated in parallel (threads = requests in flight).")
+    max_workers: int = Field(4, ge=1, le=256, description="Threads asking the teacher: steps (of any episodes) in flight at once.")
     mode: Literal["per_step", "keyframe"] = Field(
         "per_step", description="per_step: ask the teacher about every step (the paper); keyframe: only at keyframes, derive the rest."
     )
@@ -125,7 +125,9 @@ class EpisodePlan:
             old = self.records[t] or {}
             if {k: v for k, v in old.items() if k != "created_at"} != {k: v for k, v in new.items() if k != "created_at"}:
                 self.records[t], changed = new, True
-            self.counts["derived"] += 1
+                self.counts["derived"] += 1
+            else:
+                self.counts["reused"] += 1
         return changed
 
     def summary(self) -> Counter:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from data.io import read_json, write_json_atomic
 from data.traces import TraceRecord, TraceStore
+from models.teachers.base import TeacherUnavailable
 
 log = logging.getLogger("refinevla")
 
@@ -71,18 +72,21 @@ def _submit_round(teacher, store, episodes, cfg, jobs_dir: Path, held: set[str],
         submitted += len(batch)
         batch, size = [], 0
 
-    for ep in episodes:
-        plan = EpisodePlan(ep, store.load(ep.episode_id, ep.num_steps), teacher, cfg)
-        for t in plan.ask:
-            key = f"{ep.episode_id}/{t}"
-            if key in held:
-                continue
-            request, nbytes = teacher.batch_request(ep, t, key)
-            if batch and size + nbytes > cfg.batch_max_mb * 1e6:
-                flush()
-            batch.append((key, request))
-            size += nbytes
-    flush()
+    try:
+        for ep in episodes:
+            plan = EpisodePlan(ep, store.load(ep.episode_id, ep.num_steps), teacher, cfg)
+            for t in plan.ask:
+                key = f"{ep.episode_id}/{t}"
+                if key in held:
+                    continue
+                request, nbytes = teacher.batch_request(ep, t, key)
+                if batch and size + nbytes > cfg.batch_max_mb * 1e6:
+                    flush()
+                batch.append((key, request))
+                size += nbytes
+        flush()
+    except TeacherUnavailable as e:  # e.g. too many jobs in flight: collect what is submitted, submit the rest later
+        log.warning("%s; collecting the %d submitted requests first", e, submitted)
     return submitted
 
 
@@ -92,6 +96,7 @@ def _collect(teacher, store: TraceStore, jobs_dir: Path, cfg, episodes_fn, asked
     jobs = _pending(jobs_dir)
     while jobs:
         answers: dict[str, dict[int, tuple]] = {}
+        finished = []
         for stem, job in list(jobs.items()):
             state, results = teacher.batch_results(job["name"])
             if state == "pending":
@@ -101,10 +106,11 @@ def _collect(teacher, store: TraceStore, jobs_dir: Path, cfg, episodes_fn, asked
             for key, response, error in results or []:
                 episode_id, step = key.rsplit("/", 1)
                 answers.setdefault(episode_id, {})[int(step)] = (response, error)
+            finished.append(stem)
             del jobs[stem]
-            counts += _apply(teacher, store, cfg, episodes_fn, answers, asked)
+        counts += _apply(teacher, store, cfg, episodes_fn, answers, asked)  # one pass over the data per poll
+        for stem in finished:
             (jobs_dir / f"{stem}.json").unlink()  # only once its answers are on disk
-            answers = {}
         if jobs:
             time.sleep(cfg.batch_poll_s)
     return counts

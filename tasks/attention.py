@@ -49,17 +49,26 @@ class AttentionConfig(BaseModel):
         "boxes, for the object-mass score; the pipeline passes its input datasets.")
 
 
-def _samples(data_dirs, proc, n: int, box_sources: list[str]):
+def _samples(data_dirs, proc, n: int, box_sources: list[str], reasoning: bool = False):
     """Evenly spread val steps, with their model inputs and, where known, task-object boxes."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     from data.sample import sample_object_boxes
-    from data.training import StepSamples, primary_camera, split_dirs
+    from data.training import StepSamples, primary_camera, read_reasoning_table, split_dirs
 
     dirs = split_dirs(data_dirs, "val")
-    samples = StepSamples(dirs, proc.action_chunk_size, proc.training_sample)
-    picks = sorted({int(i) for i in np.linspace(0, len(samples) - 1, min(n, len(samples)))})
+    # Choose from the light columns, then load only the chosen episodes (a real val split is far too big to load).
+    light = read_reasoning_table(dirs, ["dataset", "episode_id", "step_index", "trace_status"]).to_pandas()
+    light = light.sort_values(["dataset", "episode_id", "step_index"], kind="stable").reset_index(drop=True)
+    if reasoning:  # only steps with a trace have reasoning tokens to explain
+        light = light[light.trace_status == "ok"].reset_index(drop=True)
+        if light.empty:
+            raise ValueError(f"no val step of {[str(d) for d in dirs]} has an ok trace: nothing to explain with tokens=reasoning")
+    chosen = light.iloc[sorted({int(i) for i in np.linspace(0, len(light) - 1, min(n, len(light)))})]
+    samples = StepSamples(dirs, proc.action_chunk_size, proc.training_sample, episodes=sorted(set(chosen.episode_id)))
+    index = {(r["dataset"], r["episode_id"], r["step_index"]): i for i, r in enumerate(samples.records)}
+    picks = [index[(r.dataset, r.episode_id, r.step_index)] for r in chosen.itertuples()]
     records = [samples.records[i] for i in picks]
     files = [str(f) for d in dirs for f in sorted(d.glob("part-*.parquet"))]
     want = [r["episode_id"] for r in records]
@@ -119,7 +128,7 @@ def run_attention(checkpoint: str | Path, data_dirs: list[str | Path], out_dir: 
     from models.spatialvla.processing_spatialvla import SpatialVLAProcessor
 
     out_dir = Path(out_dir)
-    picks = _samples(data_dirs, SpatialVLAProcessor.from_pretrained(checkpoint), cfg.num_samples, cfg.object_boxes_from)
+    picks = _samples(data_dirs, SpatialVLAProcessor.from_pretrained(checkpoint), cfg.num_samples, cfg.object_boxes_from, cfg.tokens == "reasoning")
     runs = {cfg.label: checkpoint_maps(checkpoint, picks, cfg)}
     if cfg.compare_checkpoint:
         runs[cfg.compare_label] = checkpoint_maps(cfg.compare_checkpoint, picks, cfg)

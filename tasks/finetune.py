@@ -209,6 +209,8 @@ def _batches(cfg: FinetuneConfig, train_dirs: list[Path], processor, done_steps:
 
     epoch, skip = 0, done_steps
     while skip >= (n := _stream(cfg, train_dirs, processor, epoch).num_batches()):
+        if n == 0:
+            raise ValueError(f"no training batches in {[str(d) for d in train_dirs]}")
         epoch, skip = epoch + 1, skip - n
     while True:
         stream = _stream(cfg, train_dirs, processor, epoch, skip)
@@ -261,6 +263,10 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(first_epoch), "resolved_device": device, "resolved_precision": precision})
 
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * first_epoch.num_batches()))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # ranks hold different parts: agree on the shortest
+        t = torch.tensor(total, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        total = int(t)
     warmup = int(cfg.warmup_ratio * total)
     opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))

@@ -41,7 +41,8 @@ class TeacherConfig(BaseModel):
     api_key_secret: str | None = Field(None, description="Name of a Prefect Secret block holding the API key (else the environment).")
     answer_format: AnswerFormat = Field("tagged", description="tagged: the paper's tagged text; json: structured output with a response schema.")
     temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
-    max_output_tokens: int = Field(1024, ge=64, le=65536, description="Answer length cap (tokens).")
+    max_output_tokens: int = Field(4096, ge=64, le=65536, description="Answer length cap in tokens; thinking models spend part of it on thoughts.")
+    thinking_budget: int | None = Field(None, ge=0, description="Thinking tokens allowed per answer (None: the model's default; 0 turns thinking off where the model allows).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout (seconds).")
     http_attempts: int = Field(6, ge=1, le=30, description="Attempts per request on 408/429/5xx/timeouts before the step is left for a later run.")
     backoff_s: float = Field(1.0, ge=0, description="First backoff delay (doubles per attempt, full jitter) when the server gives no retry delay.")
@@ -92,7 +93,7 @@ def make_teacher(cfg: TeacherConfig) -> Teacher:
             raise TeacherConfigError("the local teacher needs local_path: a directory with a transformers VLM and its processor")
         return LocalVLMTeacher(cfg.local_path, max_new_tokens=cfg.max_output_tokens, temperature=cfg.temperature, max_reasks=cfg.max_reasks)
     from models.teachers.gemini import GeminiTeacher
-    from models.teachers.ratelimit import RateLimiter
+    from models.teachers.ratelimit import shared_limiter
 
     return GeminiTeacher(
         model=cfg.model,
@@ -107,5 +108,6 @@ def make_teacher(cfg: TeacherConfig) -> Teacher:
         backoff_s=cfg.backoff_s,
         max_backoff_s=cfg.max_backoff_s,
         max_reasks=cfg.max_reasks,
-        limiter=RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute, global_limit=cfg.prefect_rate_limit),
+        limiter=shared_limiter(f"{cfg.base_url}|{cfg.model}", cfg.requests_per_minute, cfg.tokens_per_minute, cfg.prefect_rate_limit),
+        thinking_budget=cfg.thinking_budget,
     )

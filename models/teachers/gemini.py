@@ -7,11 +7,13 @@ incomplete answer is asked again up to `max_reasks` times and then recorded as f
 never stored as if valid.
 
 Errors: 404 NOT_FOUND means the model id is unknown or shut down (gemini-2.0-flash, the paper's model,
-is): a `TeacherConfigError` that says to change the setting; 400/401/403 likewise. 408/429/5xx, timeouts
-and dropped connections are retried here rather than by the SDK, because the SDK ignores the server's
-RetryInfo delay: every attempt goes through the shared `RateLimiter`, and waits the server's delay or an
-exponential backoff with jitter. If they persist, `TeacherUnavailable` reaches the caller (the Prefect
-task retries later; finished steps are already on disk). The API key is passed in (from the environment
+is): a `TeacherConfigError` that says to change the setting; 401/403 and a rejected API key likewise. Any
+other 400 concerns that step's request: the step is recorded as failed with the reason. 408/429/5xx,
+timeouts and dropped connections are retried here rather than by the SDK, because the SDK ignores the
+server's RetryInfo delay: every attempt goes through the shared `RateLimiter`, and waits the server's delay
+or an exponential backoff with jitter. If they persist, or the server asks for a wait longer than
+`max_backoff_s` (a daily quota), `TeacherUnavailable` reaches the caller (the Prefect task retries later;
+finished steps are already on disk). Thinking tokens count as output tokens in the usage. The API key is passed in (from the environment
 or a Prefect Secret block) and never logged.
 """
 
@@ -33,6 +35,10 @@ from models.teachers.ratelimit import RateLimiter, backoff_delay, server_retry_d
 
 log = logging.getLogger("refinevla")
 RETRYABLE_CODES = (408, 429, 500, 502, 503, 504)
+
+
+class RequestRejected(Exception):
+    """400 INVALID_ARGUMENT for one step's request (not a bad key): that step is recorded as failed."""
 
 
 def image_tokens(data: bytes) -> int:
@@ -59,6 +65,7 @@ class GeminiTeacher:
         max_backoff_s: float = 60.0,
         max_reasks: int = 2,
         limiter: RateLimiter | None = None,
+        thinking_budget: int | None = None,
     ):
         from google import genai
         from google.genai import types
@@ -78,8 +85,10 @@ class GeminiTeacher:
         self._client = genai.Client(
             api_key=api_key, http_options=types.HttpOptions(base_url=base_url, api_version=api_version, timeout=int(timeout_s * 1000))
         )
-        structured = {"response_mime_type": "application/json", "response_schema": TraceAnswer} if answer_format == "json" else {}
-        self._config = types.GenerateContentConfig(temperature=temperature, max_output_tokens=max_output_tokens, **structured)
+        extra = {"response_mime_type": "application/json", "response_schema": TraceAnswer} if answer_format == "json" else {}
+        if thinking_budget is not None:
+            extra["thinking_config"] = types.ThinkingConfig(thinking_budget=thinking_budget)
+        self._config = types.GenerateContentConfig(temperature=temperature, max_output_tokens=max_output_tokens, **extra)
 
     def contents(self, episode: EpisodeContext, step: int) -> tuple[list, int]:
         """The request's parts (images, then the prompt) and its estimated input tokens."""
@@ -107,9 +116,13 @@ class GeminiTeacher:
                         f"Gemini model '{self.model}' was not found (404 NOT_FOUND): it is unknown or shut down. "
                         "Set the teacher's model setting (annotate.teacher.model) to a current model id."
                     ) from None
+                if e.code == 400 and "api key" not in str(e.message).lower():
+                    raise RequestRejected(f"400 {e.status}: {e.message}") from None  # this step's request; the others may be fine
                 if e.code not in RETRYABLE_CODES:
                     raise TeacherConfigError(f"Gemini rejected the request ({e.code} {e.status}): {e.message}") from None
                 error, server_delay = f"{e.code} {e.status}", server_retry_delay(e.details)
+                if server_delay is not None and server_delay > self.max_backoff_s:  # e.g. a daily quota: not worth holding threads
+                    raise TeacherUnavailable(f"Gemini asks to wait {server_delay:.0f}s ({error}); run again later to resume") from None
                 self._count("rate_limited" if e.code == 429 else "retried")
             except (httpx2.TransportError, httpx.TransportError) as e:  # timeouts and dropped connections
                 error, server_delay = type(e).__name__, None
@@ -128,7 +141,11 @@ class GeminiTeacher:
         contents, estimated = self.contents(episode, step)
         rec = None
         for _ in range(self.max_reasks + 1):
-            rec = self.record(step, self.generate(contents, estimated), rec)
+            try:
+                response = self.generate(contents, estimated)
+            except RequestRejected as e:  # recorded as failed with the reason, never retried blindly
+                return self.record(step, None, rec, error=str(e))
+            rec = self.record(step, response, rec)
             if rec.status == "ok":
                 break
             log.warning("%s step %d: malformed answer (attempt %d): %s", episode.episode_id, step, rec.attempts, rec.error)
@@ -139,9 +156,9 @@ class GeminiTeacher:
         the previous record's. A malformed answer is a failed record that says why."""
         usage = dict(previous.usage) if previous else {"input_tokens": 0, "output_tokens": 0}
         meta = getattr(response, "usage_metadata", None)
-        if meta is not None:
+        if meta is not None:  # thinking tokens are billed as output
             usage["input_tokens"] += meta.prompt_token_count or 0
-            usage["output_tokens"] += meta.candidates_token_count or 0
+            usage["output_tokens"] += (meta.candidates_token_count or 0) + (getattr(meta, "thoughts_token_count", None) or 0)
         rec = TraceRecord(step=step, status="failed", teacher=self.name, model=self.model, prompt_version=self.prompt_version,
                           attempts=(previous.attempts if previous else 0) + 1, usage=usage)
         if response is None:
@@ -185,7 +202,7 @@ class GeminiTeacher:
     def batch_results(self, name: str) -> tuple[str, list[tuple[str, object, str | None]] | None]:
         """A job's state ("pending", "succeeded", "failed", ...) and, once it has ended, (key, response, error)
         per request."""
-        job = self._client.batches.get(name=name)
+        job = self._with_retries(lambda: self._client.batches.get(name=name), f"polling {name}")
         state = str(getattr(job.state, "value", job.state) or "JOB_STATE_UNSPECIFIED").removeprefix("JOB_STATE_").lower()
         if state in ("pending", "running", "queued", "unspecified"):
             return "pending", None
@@ -194,6 +211,23 @@ class GeminiTeacher:
             err = f"batch request error {r.error.code}: {r.error.message}" if r.error else None
             out.append(((r.metadata or {}).get("key", ""), r.response, err))
         return state, out
+
+    def _with_retries(self, call, what: str):
+        """A control-plane call (no quota cost) with retries on transient failures."""
+        import httpx
+        import httpx2
+        from google.genai import errors
+
+        for attempt in range(1, self.http_attempts + 1):
+            try:
+                return call()
+            except errors.APIError as e:
+                if e.code not in RETRYABLE_CODES or attempt == self.http_attempts:
+                    raise TeacherUnavailable(f"{what} failed ({e.code} {e.status}); run again later to resume") from None
+            except (httpx2.TransportError, httpx.TransportError) as e:
+                if attempt == self.http_attempts:
+                    raise TeacherUnavailable(f"{what} failed ({type(e).__name__}); run again later to resume") from None
+            time.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s))
 
     def _count(self, key: str) -> None:
         with self._counts_lock:

@@ -29,13 +29,15 @@ class _Schedule:
         self.burst_s = burst_s
         self.tat = 0.0  # theoretical arrival time of the next unit
 
-    def reserve(self, now: float, cost: float) -> float:
-        """Book `cost` units; return the time at which the caller may start."""
+    def earliest(self, now: float, cost: float) -> float:
+        """When `cost` units may go out."""
         if self.rate is None:
             return now
-        start = max(now, self.tat - max(self.burst_s - cost / self.rate, 0.0))
-        self.tat = max(self.tat, now) + cost / self.rate
-        return start
+        return max(now, self.tat - max(self.burst_s - cost / self.rate, 0.0))
+
+    def book(self, start: float, cost: float) -> None:
+        if self.rate is not None:
+            self.tat = max(self.tat, start) + cost / self.rate
 
     def adjust(self, cost: float) -> None:
         if self.rate is not None:
@@ -55,9 +57,11 @@ class RateLimiter:
 
     def acquire(self, tokens: int = 0) -> None:
         """Block until a request with about `tokens` tokens may go out."""
-        with self._lock:
+        with self._lock:  # both schedules are booked at the same start, the later of the two
             now = time.monotonic()
-            start = max(self.requests.reserve(now, 1), self.tokens.reserve(now, tokens))
+            start = max(self.requests.earliest(now, 1), self.tokens.earliest(now, tokens))
+            self.requests.book(start, 1)
+            self.tokens.book(start, tokens)
             self.waited_s += max(0.0, start - now)
         delay = start - time.monotonic()
         if delay > 0:
@@ -71,8 +75,10 @@ class RateLimiter:
             try:
                 rate_limit(self.global_limit, strict=True)
             except ConcurrencySlotAcquisitionError as e:
+                if "must be created" not in str(e):
+                    raise  # the API is unreachable or failing: transient, the task retries
                 raise TeacherConfigError(
-                    f"Prefect global concurrency limit '{self.global_limit}' is not usable ({e}); create it with "
+                    f"Prefect global concurrency limit '{self.global_limit}' does not exist; create it with "
                     f"`prefect gcl create {self.global_limit} --limit N --slot-decay-per-second R`"
                 ) from None
 
@@ -103,3 +109,17 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, server_delay: fl
     if server_delay is not None:
         return server_delay
     return random.uniform(0, min(max_s, initial_s * 2 ** (attempt - 1)))
+
+
+_SHARED: dict[tuple, RateLimiter] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_limiter(key: str, requests_per_minute: float | None, tokens_per_minute: float | None, global_limit: str | None) -> RateLimiter:
+    """One limiter per quota (API key's model and settings) per process: datasets annotated side by side in
+    one worker share it, as they share the quota."""
+    k = (key, requests_per_minute, tokens_per_minute, global_limit)
+    with _SHARED_LOCK:
+        if k not in _SHARED:
+            _SHARED[k] = RateLimiter(requests_per_minute, tokens_per_minute, global_limit=global_limit)
+        return _SHARED[k]

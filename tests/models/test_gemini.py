@@ -72,9 +72,20 @@ def test_transient_failures_are_retried(monkeypatch, failure):
 
 def test_the_servers_retry_delay_is_honoured(monkeypatch):
     with FakeGemini([{"status": 429, "retry_delay": "1.5s"}, GOOD]) as server:
-        rec = _teacher(server, monkeypatch).annotate_step(_episode(), 0)
+        rec = _teacher(server, monkeypatch, backoff_s=0.01, max_backoff_s=2.0).annotate_step(_episode(), 0)
     assert rec.status == "ok"
-    assert server.requests[1]["t"] - server.requests[0]["t"] >= 1.5  # our own backoff would have waited ≤ 0.2 s
+    assert server.requests[1]["t"] - server.requests[0]["t"] >= 1.5  # our own backoff would have waited ≤ 0.02 s
+    # a wait longer than max_backoff_s (a daily quota) is not held in a thread: the run stops, to resume later
+    with FakeGemini([{"status": 429, "retry_delay": "3600s"}]) as server, pytest.raises(TeacherUnavailable, match="wait 3600s"):
+        _teacher(server, monkeypatch).annotate_step(_episode(), 0)
+
+
+def test_a_rejected_request_fails_that_step_only(monkeypatch):
+    with FakeGemini([400, GOOD]) as server:
+        teacher = _teacher(server, monkeypatch)
+        rec = teacher.annotate_step(_episode(), 0)
+        assert rec.status == "failed" and "400 INVALID_ARGUMENT" in rec.error and len(server.requests) == 1
+        assert teacher.annotate_step(_episode(), 0).status == "ok"  # the next step goes on
 
 
 def test_persistent_429_leaves_the_step_for_a_later_run(monkeypatch):
