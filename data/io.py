@@ -123,7 +123,7 @@ def fingerprint(paths: Iterable[str | os.PathLike], extra: Any = None) -> str:
     folded in so one key covers inputs and settings.
     """
     h = hashlib.sha256()
-    for root in sorted(str(p) for p in paths):
+    for root in sorted(str(Path(p).resolve()) for p in paths):  # one file, one key, however the path is spelled
         base = Path(root)
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()) if base.exists() else []
         files = [f for f in files if f == base or not any(part.startswith(".") for part in f.relative_to(base).parts)]

@@ -84,3 +84,11 @@ def test_a_killed_build_leaves_no_partial_file_and_resumes(tmp_path, workdir, mo
     f.write_text(json.dumps(records))
     changed = run_build(steps, tmp_path / "traces", tmp_path / "out", BuildConfig())
     assert changed["parts_built"] == 1
+
+
+def test_a_rebuild_reuses_parts_however_the_paths_are_spelled(tmp_path, workdir, monkeypatch):
+    steps, traces = workdir / "steps" / DATASET, workdir / "traces" / DATASET / "offline@offline-v1"
+    run_build(steps, traces, tmp_path / "out")
+    monkeypatch.chdir(workdir)
+    again = run_build(f"steps/{DATASET}", f"traces/{DATASET}/offline@offline-v1", tmp_path / "out")
+    assert again["parts_built"] == 0 and again["parts_reused"] > 0
