@@ -68,14 +68,16 @@ def _answer(text: str) -> dict:
 
 class FakeGemini:
     def __init__(self, script: list | None = None, default=None, requests_per_minute: float | None = None,
-                 latency_s: float = 0.0, error_rate: float = 0.0, stall_s: float = 30.0, batch_pending_polls: int = 1, seed: int = 0):
+                 latency_s: float = 0.0, error_rate: float = 0.0, stall_s: float = 30.0, batch_pending_polls: int = 1, seed: int = 0,
+                 batch_output: str = "inline"):
         self.script = list(script or [])
         self.default = default if default is not None else ""
         self.requests: list[dict] = []
         self.answered: Counter = Counter()  # content hash → 200 answers (duplicates show up as counts > 1)
         self.rejected = Counter()  # why requests were refused: "quota", "random", "scripted"
         self.jobs: dict[str, dict] = {}
-        self.batch_pending_polls = batch_pending_polls
+        self.batch_pending_polls, self.batch_output = batch_pending_polls, batch_output  # "inline" or "file" (JSONL)
+        self.files: dict[str, bytes] = {}
         self.latency_s, self.error_rate, self.stall_s = latency_s, error_rate, stall_s
         self._rate = requests_per_minute / 60.0 if requests_per_minute else None
         self._capacity = max(1.0, 2 * self._rate) if self._rate else 0.0  # token bucket with 2 s of burst, full at start
@@ -99,7 +101,19 @@ class FakeGemini:
                 self._send(code, payload)
 
             def do_GET(self):
-                job_id = self.path.split("?")[0].rsplit("/", 1)[-1]
+                path = self.path.split("?")[0]
+                if path.endswith(":download"):  # files/<name>:download?alt=media
+                    name = "files/" + path.removesuffix(":download").rsplit("/files/", 1)[-1]
+                    if name not in server.files:
+                        return self._send(404, _error(404))
+                    data = server.files[name]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                job_id = path.rsplit("/", 1)[-1]
                 if job_id not in server.jobs:
                     return self._send(404, _error(404))
                 self._send(200, server._poll_batch(job_id))
@@ -193,7 +207,12 @@ class FakeGemini:
         job = self.jobs[job_id]
         meta = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch", "name": f"batches/{job_id}",
                 "model": job["model"], "displayName": job["display"], "state": state, "createTime": "2026-11-22T00:00:00Z"}
-        if output is not None:
+        if output is not None and self.batch_output == "file":
+            name = f"files/batch-{job_id}-output"
+            self.files[name] = "".join(json.dumps({"key": (o.get("metadata") or {}).get("key"), **{k: v for k, v in o.items() if k != "metadata"}}) + "\n"
+                                       for o in output).encode()
+            meta["output"] = {"responsesFile": name}
+        elif output is not None:
             meta["output"] = {"inlinedResponses": {"inlinedResponses": output}}
         return {"name": f"batches/{job_id}", "metadata": meta, **({"done": True} if output is not None else {})}
 

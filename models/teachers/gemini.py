@@ -20,6 +20,7 @@ or a Prefect Secret block) and never logged.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import threading
@@ -210,6 +211,16 @@ class GeminiTeacher:
         for r in (job.dest.inlined_responses or []) if job.dest else []:
             err = f"batch request error {r.error.code}: {r.error.message}" if r.error else None
             out.append(((r.metadata or {}).get("key", ""), r.response, err))
+        if job.dest and job.dest.file_name:  # large jobs answer in a JSONL file: {"key", "response"} or {"key", "error"} per line
+            data = self._with_retries(lambda: self._client.files.download(file=job.dest.file_name), f"downloading {job.dest.file_name}")
+            for line in data.decode().splitlines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                key = item.get("key") or (item.get("metadata") or {}).get("key", "")
+                response = self._types.GenerateContentResponse.model_validate(item["response"]) if item.get("response") else None
+                err = item.get("error")
+                out.append((key, response, f"batch request error {err.get('code')}: {err.get('message')}" if err else None))
         return state, out
 
     def _with_retries(self, call, what: str):

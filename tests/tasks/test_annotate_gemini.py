@@ -71,9 +71,10 @@ def test_sigkilled_run_resumes_asking_only_what_was_in_flight(tmp_path, workdir,
     assert server.duplicates() <= 3
 
 
-def test_batch_api_submits_polls_collects_and_reasks_malformed(tmp_path, workdir, key):
+@pytest.mark.parametrize("output", ["inline", "file"])
+def test_batch_api_submits_polls_collects_and_reasks_malformed(tmp_path, workdir, key, output):
     steps, n = workdir / "steps" / "bridge_dataset", _num_steps(workdir)
-    with FakeGemini(script=["not a trace"], default=_answer, batch_pending_polls=2) as server:
+    with FakeGemini(script=["not a trace"], default=_answer, batch_pending_polls=2, batch_output=output) as server:
         summary = run_annotate(steps, tmp_path, _cfg(server, batch=True, batch_poll_s=0.05, batch_max_mb=0.5))
     records = _records(tmp_path)
     assert len(records) == n and all(r["status"] == "ok" for r in records)
