@@ -65,9 +65,11 @@ class StepSamples(torch.utils.data.Dataset):
         chunks = np.empty((len(df), chunk, 7), np.float32)
         for _, idx in df.groupby(["dataset", "episode_id"], sort=False).indices.items():
             chunks[idx] = action_chunks(np.stack(df["action"].iloc[idx].to_numpy()), chunk)
+        primary = [primary_camera(images) for images in df["images"]]
         self.records = [
             {
-                "image": primary_image(row.images),
+                "image": primary[i]["data"],
+                "camera": primary[i]["camera"],
                 "instruction": row.instruction,
                 "actions": chunks[i],
                 "unnorm_key": row.unnorm_key,

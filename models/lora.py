@@ -44,23 +44,17 @@ def merged_state_dict(peft_model) -> dict:
     import torch
     from peft.tuners.lora import LoraLayer
 
+    base, merged = peft_model.get_base_model(), {}
     with torch.no_grad():
-        return _merged(peft_model.get_base_model(), LoraLayer)
-
-
-def _merged(base, LoraLayer) -> dict:
-    merged = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            w = module.get_base_layer().weight
-            delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
-            merged[f"{name}.weight"] = (w + delta).detach().cpu().clone()
-            if module.get_base_layer().bias is not None:
-                merged[f"{name}.bias"] = module.get_base_layer().bias.detach().cpu().clone()
-    for key, value in base.state_dict().items():
-        if "lora_" in key or ".base_layer." in key:
-            continue
-        merged.setdefault(key, value.detach().cpu().clone())
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                layer = module.get_base_layer()
+                merged[f"{name}.weight"] = (layer.weight + sum(module.get_delta_weight(a) for a in module.active_adapters)).cpu().clone()
+                if layer.bias is not None:
+                    merged[f"{name}.bias"] = layer.bias.detach().cpu().clone()
+        for key, value in base.state_dict().items():
+            if "lora_" not in key and ".base_layer." not in key:
+                merged.setdefault(key, value.detach().cpu().clone())
     return merged
 
 

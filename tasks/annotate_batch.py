@@ -20,6 +20,7 @@ from pathlib import Path
 from data.io import read_json, write_json_atomic
 from data.traces import TraceRecord, TraceStore
 from models.teachers.base import TeacherUnavailable
+from tasks.annotate import EpisodePlan  # tasks.annotate imports this module only inside run_annotate: no cycle
 
 log = logging.getLogger("refinevla")
 
@@ -30,13 +31,11 @@ def _pending(jobs_dir: Path) -> dict[str, dict]:
 
 def annotate_batch(teacher, store: TraceStore, episodes_fn, cfg) -> tuple[Counter, int]:
     """Annotate through batch jobs; `episodes_fn(with_images=True)` yields the dataset's `EpisodeContext`s afresh."""
-    from tasks.annotate import EpisodePlan
-
     jobs_dir = store.root / "_batches"
     totals, asked = Counter(), set()
     for round_ in range(cfg.teacher.max_reasks + 2):
         held = {k for job in _pending(jobs_dir).values() for k in job["keys"]}
-        submitted = _submit_round(teacher, store, episodes_fn(), cfg, jobs_dir, held, EpisodePlan, round_)
+        submitted = _submit_round(teacher, store, episodes_fn(), cfg, jobs_dir, held, round_)
         if not submitted and not held:
             break
         totals += _collect(teacher, store, jobs_dir, cfg, episodes_fn, asked)
@@ -57,7 +56,7 @@ def annotate_batch(teacher, store: TraceStore, episodes_fn, cfg) -> tuple[Counte
     return final, n
 
 
-def _submit_round(teacher, store, episodes, cfg, jobs_dir: Path, held: set[str], EpisodePlan, round_: int) -> int:
+def _submit_round(teacher, store, episodes, cfg, jobs_dir: Path, held: set[str], round_: int) -> int:
     batch, size, submitted = [], 0, 0
 
     def flush() -> None:
@@ -117,8 +116,6 @@ def _collect(teacher, store: TraceStore, jobs_dir: Path, cfg, episodes_fn, asked
 
 
 def _apply(teacher, store: TraceStore, cfg, episodes_fn, answers: dict[str, dict[int, tuple]], asked: set) -> Counter:
-    from tasks.annotate import EpisodePlan
-
     counts = Counter()
     if not answers:
         return counts

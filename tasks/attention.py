@@ -51,11 +51,8 @@ class AttentionConfig(BaseModel):
 
 def _samples(data_dirs, proc, n: int, box_sources: list[str], reasoning: bool = False):
     """Evenly spread val steps, with their model inputs and, where known, task-object boxes."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
     from data.sample import sample_object_boxes
-    from data.training import StepSamples, primary_camera, read_reasoning_table, split_dirs
+    from data.training import StepSamples, read_reasoning_table, split_dirs
 
     dirs = split_dirs(data_dirs, "val")
     # Choose from the light columns, then load only the chosen episodes (a real val split is far too big to load).
@@ -69,18 +66,12 @@ def _samples(data_dirs, proc, n: int, box_sources: list[str], reasoning: bool = 
     samples = StepSamples(dirs, proc.action_chunk_size, proc.training_sample, episodes=sorted(set(chosen.episode_id)))
     index = {(r["dataset"], r["episode_id"], r["step_index"]): i for i, r in enumerate(samples.records)}
     picks = [index[(r.dataset, r.episode_id, r.step_index)] for r in chosen.itertuples()]
-    records = [samples.records[i] for i in picks]
-    files = [str(f) for d in dirs for f in sorted(d.glob("part-*.parquet"))]
-    want = [r["episode_id"] for r in records]
-    rows = pads.dataset(files).to_table(columns=["episode_id", "step_index", "images"],
-                                        filter=pc.field("episode_id").isin(want)).to_pylist()
-    by_step = {(r["episode_id"], r["step_index"]): r for r in rows}
     out = []
-    for i, rec in zip(picks, records):
-        row, first = by_step[(rec["episode_id"], rec["step_index"])], by_step.get((rec["episode_id"], 0))
-        cam = primary_camera(row["images"])
-        boxes = sample_object_boxes(box_sources, primary_camera(first["images"])["data"], cam["camera"], rec["step_index"]) if first else None
-        height, width = Image.open(io.BytesIO(cam["data"])).size[::-1]
+    for i in picks:  # the chosen episodes are loaded whole: step 0 (the sample scenes' key) is among the records
+        rec = samples.records[i]
+        first = samples.records[index.get((rec["dataset"], rec["episode_id"], 0), i)]
+        boxes = sample_object_boxes(box_sources, first["image"], rec["camera"], rec["step_index"]) if first["step_index"] == 0 else None
+        height, width = Image.open(io.BytesIO(rec["image"])).size[::-1]
         out.append({"record": rec, "sample": samples[i], "boxes": boxes, "hw": (height, width)})
     return out
 

@@ -53,7 +53,6 @@ class RateLimiter:
         self.requests = _Schedule(requests_per_minute, burst_s)
         self.tokens = _Schedule(tokens_per_minute, burst_s)
         self._lock = threading.Lock()
-        self.waited_s = 0.0
 
     def acquire(self, tokens: int = 0) -> None:
         """Block until a request with about `tokens` tokens may go out."""
@@ -62,7 +61,6 @@ class RateLimiter:
             start = max(self.requests.earliest(now, 1), self.tokens.earliest(now, tokens))
             self.requests.book(start, 1)
             self.tokens.book(start, tokens)
-            self.waited_s += max(0.0, start - now)
         delay = start - time.monotonic()
         if delay > 0:
             time.sleep(delay)

@@ -1,32 +1,16 @@
 """LocalVLMTeacher on a real (tiny, randomly initialised) LLaVA saved to disk: loading, images, prompt, re-asks."""
 
-import io
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from data.traces import Trace
-from models.teachers.base import EpisodeContext, TeacherConfigError
+from models.teachers.base import TeacherConfigError
 from models.teachers.local import LocalVLMTeacher
 from models.teachers.prompt import PROMPT_VERSION
+from tests.teacher_inputs import GOOD, one_step_episode
 
-GOOD = Trace("a robot arm, a red block and a blue plate", "the block must go on the plate", "the block is left of the plate",
-             "pick the block and place it", ["Move to the block", "Grasp it", "Place it on the plate"], "Move the arm left.").to_text()
 TOKENS_PER_IMAGE = 4  # (16 // 8) ** 2 patches + CLS - CLS ("default" feature selection)
 # Plain words only: no section name, so random output can never parse as a trace.
 WORDS = "USER: ASSISTANT: the a robot arm gripper red blue green block plate bowl table left right up down move grasp lift place".split()
-
-
-def _jpeg(value):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _episode():
-    images = [[("image_0", "jpeg", _jpeg(120)), ("image_1", "jpeg", _jpeg(200))]]
-    return EpisodeContext("bridge_dataset", "ep0", ["put the red block on the blue plate"], np.zeros((1, 7)), images)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +61,7 @@ def test_random_model_runs_and_its_gibberish_is_reasked_then_recorded_as_failed(
     generate = teacher._generate_text
     monkeypatch.setattr(teacher, "_generate_text", lambda inputs, **kw: seen.append(inputs) or generate(inputs, **kw))
 
-    rec = teacher.annotate_step(_episode(), 0)
+    rec = teacher.annotate_step(one_step_episode(), 0)
     assert rec.status == "failed" and rec.trace is None and rec.attempts == 2 and len(seen) == 2
     assert "missing <Observation> section" in rec.error and rec.raw_text.strip()
     assert rec.usage["input_tokens"] > 0 and 0 < rec.usage["output_tokens"] <= 2 * 8
@@ -91,7 +75,7 @@ def test_valid_answer_after_a_malformed_one_becomes_a_trace(model_dir, monkeypat
     teacher = LocalVLMTeacher(str(model_dir), max_reasks=2, device="cpu")
     answers = iter(["<Observation>: only this", GOOD])
     monkeypatch.setattr(teacher, "_generate_text", lambda inputs, **kw: (next(answers), 100, 30))
-    rec = teacher.annotate_step(_episode(), 0)
+    rec = teacher.annotate_step(one_step_episode(), 0)
     assert rec.status == "ok" and rec.attempts == 2 and rec.raw_text == GOOD and rec.error is None
     assert rec.trace["logical_steps"] == ["Move to the block", "Grasp it", "Place it on the plate"]
     assert rec.trace["sub_action"] == "Move the arm left."
