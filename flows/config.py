@@ -30,12 +30,26 @@ class DatasetSpec(BaseModel):
     splits: list[str] = Field(default_factory=lambda: ["train"], description="Splits to parse, e.g. [train, val].")
 
 
+class DispatchConfig(BaseModel):
+    """Stages that run as their own deployment on another work pool (GPU workers, SimplerEnv workers).
+
+    The pipeline starts the deployment as a subflow, waits for it, then reads its outputs from the working
+    directory, which both workers must share (a URI, or the same mounted path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    finetune: str | None = Field(None, description="Deployment for fine-tuning, e.g. 'refinevla-finetune/finetune' (GPU pool). None: run in this flow run.")
+    evaluate: str | None = Field(None, description="Deployment for evaluation (offline + SimplerEnv), e.g. 'refinevla-evaluate/evaluate'. None: run here.")
+    timeout_s: float | None = Field(None, ge=1, description="Give up waiting for a dispatched stage after this many seconds (None: wait).")
+
+
 class PipelineConfig(BaseModel):
     """parse → annotate → build → fine-tune → evaluate (offline + SimplerEnv) → attention maps."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    workdir: str = Field("work", description="Folder (shared by all workers) holding every stage's files, MLflow and caches.")
+    workdir: str = Field("work", description="Where every stage's files and caches live: a local folder (same path on every worker) "
+                         "or a storage URI shared by workers (s3://, gs://, file://…; data/storage.py).")
     run_name: str = Field("tiny-demo", description="Names the checkpoint, eval and attention folders and the MLflow run.")
     datasets: list[DatasetSpec] = Field(default_factory=list, description="Input datasets; empty: generate the bundled sample datasets.")
     refresh_cache: bool = Field(False, description="Recompute every stage even when its cache key is unchanged.")
@@ -48,6 +62,7 @@ class PipelineConfig(BaseModel):
     simpler: SimplerConfig = Field(default_factory=SimplerConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
 
 
 PRESETS: dict[str, PipelineConfig] = {

@@ -9,13 +9,15 @@ cached, and its Prefect flow run gets a Markdown artifact with the results.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from data.io import read_json
+from data.io import read_json, write_json_atomic
 from data.layout import Layout
+from data.storage import Workspace, is_uri
 from data.sample import SampleConfig
 from flows.config import PRESETS, DatasetSpec, PipelineConfig
 from tasks.annotate import AnnotateConfig, annotate_task, reannotate_task
@@ -26,7 +28,7 @@ from tasks.finetune import FinetuneConfig, finetune_task
 from tasks.parse import ParseConfig, merge_summaries, parse_task, shard_groups
 from tasks.sample import sample_task
 from tasks.simpler import SimplerConfig, simpler_available, simpler_task
-from tasks.tracking import Tracker, TrackingConfig, start_run
+from tasks.tracking import Tracker, TrackingConfig, link_mlflow_run, prefect_tags, start_run
 
 log = logging.getLogger("refinevla")
 
@@ -55,6 +57,9 @@ def preflight(config: PipelineConfig) -> None:
             api_key(config.annotate.teacher)
         except TeacherConfigError as e:
             problems.append(str(e))
+    if is_uri(config.workdir) and not (config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        problems.append(f"workdir {config.workdir} is shared storage, but MLflow would write to a worker-local SQLite file: "
+                        "set tracking.uri to an MLflow server (or $MLFLOW_TRACKING_URI)")
     if config.build.val_fraction == 0:
         problems.append("build.val_fraction is 0: evaluation and attention maps need held-out episodes")
     ft = config.finetune
@@ -95,44 +100,60 @@ def _flow_run_id() -> str:
 
 @flow(name="refinevla-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
-    """The whole ReFineVLA pipeline on one working directory."""
+    """The whole ReFineVLA pipeline on one working directory (a local folder or a storage URI)."""
     preflight(config)
-    layout = Layout(Path(config.workdir).resolve())
-    run = start_run(config.tracking, layout.root, config.run_name, tags={"prefect.flow_run_id": _flow_run_id()})
+    ws = Workspace(config.workdir)
+    layout = Layout(ws.root)
+    run = start_run(config.tracking, layout.root, config.run_name, tags=prefect_tags())
+    link_mlflow_run(run.ref)
     run.log_params(config)
     opts = {"result_storage": layout.prefect_results, "refresh_cache": config.refresh_cache}
+    ckpt_dir, eval_dir, attn_dir = (layout.checkpoints / config.run_name, layout.eval / config.run_name, layout.attention / config.run_name)
     try:
         datasets = list(config.datasets)
         if not datasets:
-            paths = sample_task.with_options(**opts)(str(layout.datasets), config.sample)
+            paths = synced(ws, [], [layout.datasets], lambda: sample_task.with_options(**opts)(str(layout.datasets), config.sample))
             datasets = [DatasetSpec(path=p, splits=list(read_json(Path(p) / "sample_scenes.json")["settings"]["splits"])) for p in paths]
 
-        parsed = parse_datasets(datasets, str(layout.steps), config.parse, opts, run)
+        parsed = synced(ws, [], [layout.steps], lambda: parse_datasets(datasets, str(layout.steps), config.parse, opts, run))
         steps_dirs = sorted({p["steps_dir"] for p in parsed})
 
         annotate = annotate_task.with_options(**opts)
-        annotated = [f.result() for f in [annotate.submit(d, str(layout.traces), config.annotate, run.ref) for d in steps_dirs]]
+        annotated = synced(ws, steps_dirs, [layout.traces], lambda: [
+            f.result() for f in [annotate.submit(d, str(layout.traces), config.annotate, run.ref) for d in steps_dirs]])
 
         build = build_task.with_options(**opts)
-        built = [f.result() for f in [build.submit(a_steps, a["traces_dir"], str(layout.reasoning / Path(a_steps).name), config.build, run.ref)
-                                      for a_steps, a in zip(steps_dirs, annotated)]]
-        data_dirs = [b["out_dir"] for b in built]
+        data_dirs = [str(layout.reasoning / Path(d).name) for d in steps_dirs]
+        built = synced(ws, [layout.traces], data_dirs, lambda: [
+            f.result() for f in [build.submit(s, a["traces_dir"], out, config.build, run.ref) for s, a, out in zip(steps_dirs, annotated, data_dirs)]])
 
-        trained = finetune_task.with_options(**opts)(data_dirs, str(layout.checkpoints / config.run_name), config.finetune, run.ref)
+        if config.dispatch.finetune:
+            trained = dispatch(ws, config, config.dispatch.finetune, finetune_flow, ckpt_dir, run, data_dirs=data_dirs, cfg=config.finetune)
+        else:
+            trained = synced(ws, [], [ckpt_dir], lambda: finetune_task.with_options(**opts)(data_dirs, str(ckpt_dir), config.finetune, run.ref))
         ckpt = trained["checkpoint"]
-        evaluated = evaluate_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.eval / config.run_name), config.evaluate, run.ref)
-        simulated = simpler_task.with_options(**opts).submit(ckpt, str(layout.eval / config.run_name / "simpler"), config.simpler,
-                                                             simpler_available(), run.ref)
+
+        if config.dispatch.evaluate:
+            evaluated = dispatch(ws, config, config.dispatch.evaluate, evaluate_flow, eval_dir, run, checkpoint=ckpt, data_dirs=data_dirs,
+                                 cfg=config.evaluate, simpler=config.simpler)
+            simulated = evaluated.pop("simpler")
+        else:
+            ws.pull(eval_dir)
+            evaluated = evaluate_task.with_options(**opts).submit(ckpt, data_dirs, str(eval_dir), config.evaluate, run.ref)
+            simulated = simpler_task.with_options(**opts).submit(ckpt, str(eval_dir / "simpler"), config.simpler, simpler_available(), run.ref)
         explain = config.attention.model_copy(update={
             "object_boxes_from": config.attention.object_boxes_from or [d.path for d in datasets],
             # before vs after: fine-tuning from a checkpoint directory compares with it
             "compare_checkpoint": config.attention.compare_checkpoint or (config.finetune.base_model if Path(config.finetune.base_model).is_dir() else None),
         })
-        explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.attention / config.run_name), explain, run.ref)
-        evaluated, simulated, explained = evaluated.result(), simulated.result(), explained.result()
+        ws.pull(attn_dir)
+        explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(attn_dir), explain, run.ref).result()
+        if not config.dispatch.evaluate:
+            evaluated, simulated = evaluated.result(), simulated.result()
+        ws.push(eval_dir, attn_dir, layout.prefect_results)
 
         summary = {
-            "workdir": str(layout.root), "datasets": [d.path for d in datasets], "reasoning": data_dirs,
+            "workdir": config.workdir, "local_root": str(layout.root), "datasets": [d.path for d in datasets], "reasoning": data_dirs,
             "stats": [b["stats"] for b in built], "checkpoint": ckpt, "training_curves": trained["curves"],
             "results": evaluated["results"], "attention": explained["pngs"], "attention_scores": explained["scores"], "simpler": simulated,
             "mlflow_uri": run.ref.uri, "mlflow_experiment_id": run.ref.experiment_id, "mlflow_run_id": run.ref.run_id,
@@ -146,6 +167,38 @@ def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
         raise
     run.finish()
     return summary
+
+
+def synced(ws: Workspace, inputs: list, outputs: list, call):
+    """Run one stage on this worker's copy of the working directory: bring its inputs, its earlier outputs
+    (a resumed or cached stage finds them) and the cache records from shared storage, then share what it wrote.
+    No-ops for a local working directory."""
+    ws.pull(*inputs, *outputs, Layout(ws.root).prefect_results)
+    with ws.pushing(*outputs, Layout(ws.root).prefect_results):
+        return call()
+
+
+RESULT_FILE = ".flow-result.json"
+
+
+def dispatch(ws: Workspace, config: PipelineConfig, deployment: str, stage_flow, out_dir: Path, run: Tracker, **params) -> dict:
+    """Run a stage flow as `deployment` (on its own work pool) and wait; its outputs come back through the
+    shared working directory, never through this worker's paths."""
+    from prefect.deployments import run_deployment
+
+    portable = {k: ws.portable(v) if not hasattr(v, "model_dump") else v for k, v in params.items()}
+    parameters = {**portable, "out_dir": ws.rel(out_dir), "workdir": config.workdir, "tracking": config.tracking, "parent_run_id": run.ref.run_id}
+    log.info("dispatching %s to deployment '%s'", stage_flow.name, deployment)
+    child = run_deployment(deployment, parameters=parameters, timeout=config.dispatch.timeout_s)
+    if not child.state or not child.state.is_completed():
+        state = child.state.name if child.state else "unknown"
+        raise RuntimeError(f"deployment '{deployment}' (flow run {child.id}) ended {state}; its finished work is kept: run the pipeline again to resume")
+    ws.pull(out_dir)
+    result = read_json(out_dir / RESULT_FILE)
+    return ws.localize(result, PATH_KEYS)
+
+
+PATH_KEYS = ("checkpoint", "run_dir", "curves", "results", "out_dir")
 
 
 def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: list[dict], annotated: list[dict]) -> None:
@@ -180,11 +233,19 @@ def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: 
 # One flow per stage, for `refinevla <stage>`: the same tasks, their own MLflow run.
 
 
-def _stage(workdir: str, tracking: TrackingConfig, name: str, call):
-    layout = Layout(Path(workdir).resolve())
-    run = start_run(tracking, layout.root, name, tags={"stage": name, "prefect.flow_run_id": _flow_run_id()})
+def _stage(ws: Workspace, tracking: TrackingConfig, name: str, call, inputs=(), outputs=(), parent_run_id: str | None = None):
+    """One stage as its own flow run: sync with shared storage around it, an MLflow run (nested under the
+    pipeline's run when dispatched by it), and the result written beside the outputs for a dispatching flow."""
+    layout = Layout(ws.root)
+    tags = {"stage": name, **prefect_tags(), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    ws.pull(*inputs, *outputs, layout.prefect_results)
+    run = start_run(tracking, layout.root, name, tags=tags)
+    link_mlflow_run(run.ref)
     try:
-        result = call({"result_storage": layout.prefect_results}, run.ref)
+        with ws.pushing(*outputs, layout.prefect_results):
+            result = call({"result_storage": layout.prefect_results}, run.ref)
+            if outputs and isinstance(result, dict):
+                write_json_atomic(Path(outputs[0]) / RESULT_FILE, ws.portable(result))
     except BaseException:
         run.finish("FAILED")
         raise
@@ -194,22 +255,31 @@ def _stage(workdir: str, tracking: TrackingConfig, name: str, call):
 
 @flow(name="refinevla-sample")
 def sample_flow(out_dir: str = "work/datasets", cfg: SampleConfig = SampleConfig(), workdir: str = "work") -> list[str]:
-    return sample_task.with_options(result_storage=Layout(Path(workdir).resolve()).prefect_results)(out_dir, cfg)
+    ws = Workspace(workdir)
+    out = str(ws.local(out_dir))
+    paths = sample_task.with_options(result_storage=Layout(ws.root).prefect_results)(out, cfg)
+    ws.push(out, Layout(ws.root).prefect_results)
+    return paths
 
 
 @flow(name="refinevla-parse", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def parse_flow(dataset_dir: str, split: str, out_dir: str, cfg: ParseConfig = ParseConfig(), workdir: str = "work",
                tracking: TrackingConfig = TrackingConfig()) -> dict:
-    def parse(o, ref):
-        return parse_datasets([DatasetSpec(path=dataset_dir, splits=[split])], out_dir, cfg, o, Tracker(ref))[0]
+    ws = Workspace(workdir)
+    src, out = str(ws.local(dataset_dir)), str(ws.local(out_dir))
 
-    return _stage(workdir, tracking, "parse", parse)
+    def parse(o, ref):
+        return parse_datasets([DatasetSpec(path=src, splits=[split])], out, cfg, o, Tracker(ref))[0]
+
+    return _stage(ws, tracking, "parse", parse, [src], [out])
 
 
 @flow(name="refinevla-annotate")
 def annotate_flow(steps_dir: str, traces_root: str, cfg: AnnotateConfig = AnnotateConfig(), workdir: str = "work",
                   tracking: TrackingConfig = TrackingConfig()) -> dict:
-    return _stage(workdir, tracking, "annotate", lambda o, ref: annotate_task.with_options(**o)(steps_dir, traces_root, cfg, ref))
+    ws = Workspace(workdir)
+    steps, traces = str(ws.local(steps_dir)), str(ws.local(traces_root))
+    return _stage(ws, tracking, "annotate", lambda o, ref: annotate_task.with_options(**o)(steps, traces, cfg, ref), [steps], [traces])
 
 
 @flow(name="refinevla-reannotate", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -218,7 +288,9 @@ def reannotate_flow(workdir: str = "work", cfg: AnnotateConfig = AnnotateConfig(
     """Scheduled upkeep of a working directory: for every parsed dataset, ask the teacher again about the
     steps whose trace is missing, failed or stale (data, model or prompt changed), then rebuild the
     dataset (a cached no-op when no trace changed). Steps with a current answer are never asked again."""
-    layout = Layout(Path(workdir).resolve())
+    ws = Workspace(workdir)
+    layout = Layout(ws.root)
+    ws.pull(layout.steps)
     steps_dirs = sorted(str(d) for d in layout.steps.iterdir() if d.is_dir() and any(d.rglob("part-*.parquet"))) if layout.steps.exists() else []
     if not steps_dirs:
         raise FileNotFoundError(f"{layout.steps}: no parsed datasets to re-annotate; run the pipeline first")
@@ -228,32 +300,44 @@ def reannotate_flow(workdir: str = "work", cfg: AnnotateConfig = AnnotateConfig(
         return [{"annotate": (a := f.result()), "build": build_task.with_options(**o)(d, a["traces_dir"], str(layout.reasoning / Path(d).name), build, ref)}
                 for d, f in asked]
 
-    return _stage(workdir, tracking, "reannotate", run)
+    return _stage(ws, tracking, "reannotate", run, [], [layout.traces, layout.reasoning])
 
 
 @flow(name="refinevla-build")
 def build_flow(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig = BuildConfig(), workdir: str = "work",
                tracking: TrackingConfig = TrackingConfig()) -> dict:
-    return _stage(workdir, tracking, "build", lambda o, ref: build_task.with_options(**o)(steps_dir, traces_dir, out_dir, cfg, ref))
+    ws = Workspace(workdir)
+    steps, traces, out = str(ws.local(steps_dir)), str(ws.local(traces_dir)), str(ws.local(out_dir))
+    return _stage(ws, tracking, "build", lambda o, ref: build_task.with_options(**o)(steps, traces, out, cfg, ref), [steps, traces], [out])
 
 
 @flow(name="refinevla-finetune")
 def finetune_flow(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig = FinetuneConfig(), workdir: str = "work",
-                  tracking: TrackingConfig = TrackingConfig()) -> dict:
-    return _stage(workdir, tracking, "finetune", lambda o, ref: finetune_task.with_options(**o)(data_dirs, out_dir, cfg, ref))
+                  tracking: TrackingConfig = TrackingConfig(), parent_run_id: str | None = None) -> dict:
+    """Fine-tune on GPU workers (the `finetune` deployment); resumes from the newest checkpoint in `out_dir`."""
+    ws = Workspace(workdir)
+    data, out = [str(ws.local(d)) for d in data_dirs], str(ws.local(out_dir))
+    return _stage(ws, tracking, "finetune", lambda o, ref: finetune_task.with_options(**o)(data, out, cfg, ref), data, [out], parent_run_id)
 
 
 @flow(name="refinevla-evaluate")
 def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: EvaluateConfig = EvaluateConfig(),
-                  simpler: SimplerConfig = SimplerConfig(), workdir: str = "work", tracking: TrackingConfig = TrackingConfig()) -> dict:
-    def both(o, ref):
-        offline = evaluate_task.with_options(**o)(checkpoint, data_dirs, out_dir, cfg, ref)
-        return {**offline, "simpler": simpler_task.with_options(**o)(checkpoint, str(Path(out_dir) / "simpler"), simpler, simpler_available(), ref)}
+                  simpler: SimplerConfig = SimplerConfig(), workdir: str = "work", tracking: TrackingConfig = TrackingConfig(),
+                  parent_run_id: str | None = None) -> dict:
+    """Offline metrics and SimplerEnv (the `evaluate` deployment runs on workers that have SimplerEnv)."""
+    ws = Workspace(workdir)
+    ckpt, data, out = str(ws.local(checkpoint)), [str(ws.local(d)) for d in data_dirs], str(ws.local(out_dir))
 
-    return _stage(workdir, tracking, "evaluate", both)
+    def both(o, ref):
+        offline = evaluate_task.with_options(**o)(ckpt, data, out, cfg, ref)
+        return {**offline, "simpler": simpler_task.with_options(**o)(ckpt, str(Path(out) / "simpler"), simpler, simpler_available(), ref)}
+
+    return _stage(ws, tracking, "evaluate", both, [ckpt, *data], [out], parent_run_id)
 
 
 @flow(name="refinevla-attention")
 def attention_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: AttentionConfig = AttentionConfig(), workdir: str = "work",
                    tracking: TrackingConfig = TrackingConfig()) -> dict:
-    return _stage(workdir, tracking, "attention", lambda o, ref: attention_task.with_options(**o)(checkpoint, data_dirs, out_dir, cfg, ref))
+    ws = Workspace(workdir)
+    ckpt, data, out = str(ws.local(checkpoint)), [str(ws.local(d)) for d in data_dirs], str(ws.local(out_dir))
+    return _stage(ws, tracking, "attention", lambda o, ref: attention_task.with_options(**o)(ckpt, data, out, cfg, ref), [ckpt, *data], [out])

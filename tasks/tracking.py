@@ -150,6 +150,43 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, tags: dic
     return Tracker(RunRef(uri, run.info.run_id, exp_id, cfg.system_metrics))
 
 
+def prefect_tags() -> dict[str, str]:
+    """MLflow tags that point at the Prefect flow run (id, name, deployment, UI link when the API has a UI)."""
+    from prefect.runtime import deployment, flow_run
+
+    tags = {"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or ""),
+            "prefect.deployment": str(deployment.name or "")}
+    if flow_run.id and (url := flow_run.ui_url):
+        tags["prefect.flow_run_url"] = url
+    return {k: v for k, v in tags.items() if v}
+
+
+def mlflow_run_url(ref: RunRef) -> str | None:
+    """The MLflow UI page of a run when tracking goes to a server; None for a local store."""
+    if ref.uri.startswith(("http://", "https://")):
+        return f"{ref.uri.rstrip('/')}/#/experiments/{ref.experiment_id}/runs/{ref.run_id}"
+    return None
+
+
+def link_mlflow_run(ref: RunRef) -> None:
+    """The other direction: a Prefect artifact on the current flow run that points at its MLflow run."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    try:
+        from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+        if url := mlflow_run_url(ref):
+            create_link_artifact(url, link_text=f"MLflow run {ref.run_id}", key="mlflow-run", description="This flow run's MLflow run")
+        else:
+            create_markdown_artifact(
+                f"MLflow run `{ref.run_id}` (experiment {ref.experiment_id}) in the local store `{ref.uri}`; "
+                f"browse it with `mlflow ui --backend-store-uri {ref.uri}`.", key="mlflow-run", description="This flow run's MLflow run")
+    except Exception as e:  # a UI convenience: the run itself is recorded either way
+        log.warning("could not link the MLflow run in Prefect: %s", e)
+
+
 @contextlib.contextmanager
 def stage_run(parent: RunRef | None, name: str, params: Any = None) -> Iterator[Tracker]:
     """A nested run for one stage; marked FAILED if the stage raises."""

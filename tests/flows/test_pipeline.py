@@ -105,7 +105,9 @@ def test_prefect_yaml_deployments_resolve_and_reannotation_is_scheduled():
     for d in deployments.values():
         module, name = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
-        flow.validate_parameters(d.get("parameters") or {})  # the UI's form accepts the shipped parameters
+        required = {p: [] if flow.parameters.properties[p].get("type") == "array" else "x" for p in flow.parameters.required}  # what the UI form asks the user for (stage paths)
+        flow.validate_parameters({**required, **(d.get("parameters") or {})})  # the shipped parameters are valid
+    assert not deployments["pipeline"].get("parameters"), "the pipeline deployment runs the embedded demo as it is"
     nightly = deployments["reannotate-nightly"]
     assert nightly["entrypoint"].endswith(":reannotate_flow") and nightly["parameters"]["cfg"]["teacher"]["kind"] == "gemini"
     Cron(nightly["schedules"][0]["cron"], timezone=nightly["schedules"][0]["timezone"])  # a valid cron
