@@ -17,6 +17,7 @@ from tasks.build import BuildConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.finetune import FinetuneConfig
 from tasks.parse import ParseConfig
+from tasks.report import ReportConfig
 from tasks.simpler import SimplerConfig
 from tasks.tracking import TrackingConfig
 
@@ -47,6 +48,7 @@ class PipelineConfig(BaseModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     simpler: SimplerConfig = Field(default_factory=SimplerConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

@@ -24,6 +24,7 @@ from tasks.build import BuildConfig, build_task
 from tasks.evaluate import EvaluateConfig, evaluate_task
 from tasks.finetune import FinetuneConfig, finetune_task
 from tasks.parse import ParseConfig, merge_summaries, parse_task, shard_groups
+from tasks.report import ReportConfig, report_task
 from tasks.sample import sample_task
 from tasks.simpler import SimplerConfig, simpler_available, simpler_task
 from tasks.tracking import Tracker, TrackingConfig, start_run
@@ -130,11 +131,14 @@ def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
         })
         explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(layout.attention / config.run_name), explain, run.ref)
         evaluated, simulated, explained = evaluated.result(), simulated.result(), explained.result()
+        reported = report_task.with_options(**opts)(str(layout.reports / config.run_name), data_dirs, [str(layout.eval / config.run_name)],
+                                                     [str(layout.attention / config.run_name)], config.report, run.ref)
 
         summary = {
             "workdir": str(layout.root), "datasets": [d.path for d in datasets], "reasoning": data_dirs,
             "stats": [b["stats"] for b in built], "checkpoint": ckpt, "training_curves": trained["curves"],
             "results": evaluated["results"], "attention": explained["pngs"], "attention_scores": explained["scores"], "simpler": simulated,
+            "report": reported["report"],
             "mlflow_uri": run.ref.uri, "mlflow_experiment_id": run.ref.experiment_id, "mlflow_run_id": run.ref.run_id,
             "prefect_flow_run_id": _flow_run_id(),
             "steps": sum(p["steps"] for p in parsed), "episodes": sum(p["episodes"] for p in parsed),
@@ -155,6 +159,7 @@ def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: 
         run.log_artifact(Path(b["out_dir"]) / "README.md", f"datasets/{b['dataset']}")
     run.log_artifact(summary["training_curves"])
     run.log_artifact(summary["results"])
+    run.log_artifact(summary["report"], "report")
     for png in summary["attention"]:
         run.log_artifact(png, "attention")
     run.log_metrics({
@@ -233,8 +238,14 @@ def reannotate_flow(workdir: str = "work", cfg: AnnotateConfig = AnnotateConfig(
 
 @flow(name="refinevla-build")
 def build_flow(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig = BuildConfig(), workdir: str = "work",
-               tracking: TrackingConfig = TrackingConfig()) -> dict:
-    return _stage(workdir, tracking, "build", lambda o, ref: build_task.with_options(**o)(steps_dir, traces_dir, out_dir, cfg, ref))
+               tracking: TrackingConfig = TrackingConfig(), report: ReportConfig = ReportConfig()) -> dict:
+    def build_and_report(o, ref):
+        built = build_task.with_options(**o)(steps_dir, traces_dir, out_dir, cfg, ref)
+        page = report_task.with_options(**o)(str(Layout(Path(workdir).resolve()).reports / f"build-{Path(out_dir).name}"), [out_dir], [], [], report, ref)
+        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
+        return {**built, "report": page["report"]}
+
+    return _stage(workdir, tracking, "build", build_and_report)
 
 
 @flow(name="refinevla-finetune")
@@ -245,10 +256,14 @@ def finetune_flow(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig = Fine
 
 @flow(name="refinevla-evaluate")
 def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: EvaluateConfig = EvaluateConfig(),
-                  simpler: SimplerConfig = SimplerConfig(), workdir: str = "work", tracking: TrackingConfig = TrackingConfig()) -> dict:
+                  simpler: SimplerConfig = SimplerConfig(), workdir: str = "work", tracking: TrackingConfig = TrackingConfig(),
+                  report: ReportConfig = ReportConfig()) -> dict:
     def both(o, ref):
         offline = evaluate_task.with_options(**o)(checkpoint, data_dirs, out_dir, cfg, ref)
-        return {**offline, "simpler": simpler_task.with_options(**o)(checkpoint, str(Path(out_dir) / "simpler"), simpler, simpler_available(), ref)}
+        sim = simpler_task.with_options(**o)(checkpoint, str(Path(out_dir) / "simpler"), simpler, simpler_available(), ref)
+        page = report_task.with_options(**o)(str(Layout(Path(workdir).resolve()).reports / f"eval-{Path(out_dir).name}"), [], [out_dir], [], report, ref)
+        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
+        return {**offline, "simpler": sim, "report": page["report"]}
 
     return _stage(workdir, tracking, "evaluate", both)
 
@@ -257,3 +272,11 @@ def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: Eval
 def attention_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: AttentionConfig = AttentionConfig(), workdir: str = "work",
                    tracking: TrackingConfig = TrackingConfig()) -> dict:
     return _stage(workdir, tracking, "attention", lambda o, ref: attention_task.with_options(**o)(checkpoint, data_dirs, out_dir, cfg, ref))
+
+
+@flow(name="refinevla-view")
+def view_flow(out_dir: str, data_dirs: list[str], eval_dirs: list[str], attention_dirs: list[str], cfg: ReportConfig = ReportConfig(),
+              workdir: str = "work", tracking: TrackingConfig = TrackingConfig()) -> dict:
+    """The HTML report of the given folders; always written afresh (it is cheap), and logged to MLflow."""
+    return _stage(workdir, tracking, "view", lambda o, ref: report_task.with_options(**o, refresh_cache=True)(
+        out_dir, data_dirs, eval_dirs, attention_dirs, cfg, ref))
