@@ -157,3 +157,35 @@ def test_report_renders_in_headless_chromium(tmp_path, reasoning_dirs, eval_run)
     assert seen["steps"] == r["steps"] + r["sim_steps"] == 4 * 6 + 4 * 4
     assert seen["broken"] == [] and seen["images"] > 8 * 4
     assert shot.stat().st_size > 10_000
+
+
+def test_build_flow_logs_the_report_to_mlflow(tmp_path, workdir, prefect_api):
+    from mlflow import MlflowClient
+
+    from flows.pipeline import build_flow
+    from tasks.tracking import TrackingConfig
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    built = build_flow(str(workdir / "steps" / "fractal20220817_data"), str(workdir / "traces" / "fractal20220817_data" / "offline@offline-v1"),
+                       str(tmp_path / "reasoning" / "fractal20220817_data"), workdir=str(tmp_path / "w"), tracking=TrackingConfig(uri=uri))
+    page = Path(built["report"])
+    assert page == (tmp_path / "w" / "reports" / "build-fractal20220817_data" / "index.html").resolve()
+    assert len(episode_ids(page.read_text())) == 3  # the dataset just built
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r.info.run_id for r in client.search_runs([client.get_experiment_by_name("refinevla").experiment_id])}
+    for name in ("build", "report"):  # the flow's run, and the report stage's own run under it
+        assert [a.path for a in client.list_artifacts(runs[name], "report")] == ["report/index.html"]
+
+
+def test_view_command_reports_on_what_the_workdir_holds(tmp_path, workdir, eval_run):
+    from flows.cli import build_parser, settings, view_inputs
+
+    args = build_parser().parse_args(["view", "--workdir", str(workdir), "--max-episodes", "1", "--episodes", "a", "b"])
+    assert view_inputs(args) == ([str(workdir / "reasoning" / d) for d in ("bridge_dataset", "fractal20220817_data")], [], [])
+    assert settings(ReportConfig, args) == ReportConfig(max_episodes=1, episodes=["a", "b"])
+    args = build_parser().parse_args(["view", "--workdir", str(eval_run), "--eval", "e"])
+    assert view_inputs(args) == ([], ["e"], [])
+    args = build_parser().parse_args(["view", "--workdir", str(eval_run)])
+    assert view_inputs(args) == ([], [str(eval_run / "eval" / "run")], [str(eval_run / "attention" / "run")])
+    with pytest.raises(SystemExit, match="no reasoning/, eval/ or attention/"):
+        view_inputs(build_parser().parse_args(["view", "--workdir", str(tmp_path)]))
