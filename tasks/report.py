@@ -217,8 +217,9 @@ def dataset_overview(d: Path, splits: list[str]):
     g = steps.groupby("episode_id", sort=True)
     episodes = g.agg(dataset=("dataset", "first"), split=("build_split", "first"), steps=("step_index", "size"),
                      instruction=("instruction", "first"))
+    by_status = steps.groupby(["episode_id", "trace_status"]).size().unstack(fill_value=0)
     for status in ("ok", *FLAGGED):
-        episodes[status] = g["trace_status"].apply(lambda s, st=status: int((s == st).sum()))
+        episodes[status] = by_status[status].reindex(episodes.index, fill_value=0) if status in by_status else 0
     episodes["flagged"] = episodes[list(FLAGGED)].sum(axis=1)
     return episodes, Counter(steps["trace_status"])
 
