@@ -10,8 +10,8 @@ and the attention maps and scores where they exist. Episodes not sampled are lis
 Frames are embedded as small JPEG data URIs, so `index.html` is one self-contained file: it opens from
 disk and in the MLflow UI, which shows an HTML artifact in a sandboxed `blob:` frame where relative links
 cannot resolve. The page's size is bounded by the sampling settings (episodes × steps × cameras × a few
-KB); images carry `loading="lazy"` and `decoding="async"`, and every section `content-visibility: auto`,
-so the browser decodes and lays out only what is near the viewport. Only what cannot be a small image
+KB); images carry `loading="lazy"` and `decoding="async"`, so the browser decodes only what is near the
+viewport. Only what cannot be a small image
 (an MP4/WebM video, or a GIF/WebP above `max_inline_video_kb`) is copied to `assets/` beside the page.
 Every text (traces are untrusted model output) is HTML-escaped; the page has no script and loads nothing
 from the network.
@@ -179,7 +179,7 @@ def fmt_action(a) -> str:
 def table_html(header: list[str], rows: list[list], cls: str = "") -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="wide"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 class Markup(str):
@@ -187,6 +187,8 @@ class Markup(str):
 
 
 def fmt_num(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
@@ -349,7 +351,7 @@ def offline_section(d: Path, shown: dict[str, str]) -> str:
             a = shown.get(g.get("episode_id"))
             link = f' <a href="#{a}">(see the episode)</a>' if a else ""
             cards.append(f'<div class="gen"><h4><code>{esc(g.get("episode_id"))}</code> step {esc(g.get("step_index"))}{link}</h4>'
-                         f'<p class="instr">{esc(g.get("instruction"))}</p><pre class="reasoning">{esc(g.get("reasoning"))}</pre>'
+                         f'<p class="instr">{esc(g.get("instruction"))}</p><pre class="reasoning">{esc(g.get("reasoning")) or "(no reasoning generated)"}</pre>'
                          f'<p class="act">predicted {esc(", ".join(fmt_action(a) for a in g.get("actions") or []))}<br>'
                          f'recorded {esc(", ".join(fmt_action(a) for a in g.get("gt_actions") or []))}</p></div>')
         parts.append("<h4>Free generations (reason, then act)</h4>" + "".join(cards))
@@ -496,7 +498,7 @@ CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 48px;color:#222;background:#fafafa}
 h1{margin:16px 0 4px}h2{border-bottom:2px solid #ccc;margin-top:32px}h3{margin:20px 0 4px}h5{margin:8px 0 4px;font-size:14px}
 .path,.meta,.counts{color:#666;font-size:12px}code{font-size:12px}
-section.episode{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:14px 0;content-visibility:auto;contain-intrinsic-size:auto 900px}
+section.episode{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:14px 0}
 section.episode.flagged{border-left:5px solid #d62728}
 .instr{font-weight:600;margin:2px 0}
 .badge{display:inline-block;padding:0 6px;border-radius:8px;font-size:11px;font-weight:600;background:#ddd;margin-right:3px}
@@ -517,8 +519,8 @@ svg.chart{background:#fff}svg .frame{fill:none;stroke:#bbb}svg .zero{stroke:#ccc
 svg text{font:10px sans-serif;fill:#444}svg .l{text-anchor:end}svg .e{text-anchor:end}svg .t{font-weight:600}
 table{border-collapse:collapse;margin:6px 0;background:#fff}td,th{border:1px solid #ddd;padding:2px 8px;font-size:12px;text-align:left}
 img.video{max-width:320px;display:block;margin:4px 0}video{max-width:320px;display:block}
-figure.attn img{max-width:100%}.gen{background:#fff;border:1px solid #ddd;padding:6px 10px;margin:8px 0}
-nav a{margin-right:12px}details.rest{margin:10px 0}
+figure.attn{display:inline-block;margin:4px}figure.attn img{max-width:100%}.gen{background:#fff;border:1px solid #ddd;padding:6px 10px;margin:8px 0}
+.wide{overflow-x:auto}nav a{margin-right:12px}details.rest{margin:10px 0}
 """
 
 
