@@ -159,10 +159,10 @@ ACTION_GROUPS = (("position deltas", ("x", "y", "z"), (0, 1, 2)), ("rotation del
 
 def action_charts(actions: list, marks: list[int] = ()) -> str:
     """Three charts of 7-D actions [dx, dy, dz, droll, dpitch, dyaw, gripper] over the steps."""
-    rows = [list(a) if a is not None else [] for a in actions]
+    rows = [list(a) if isinstance(a, (list, tuple)) or hasattr(a, "tolist") else [] for a in actions]
     charts = []
     for title, names, dims in ACTION_GROUPS:
-        series = {name: [float(r[d]) if len(r) > d and r[d] is not None else None for r in rows] for name, d in zip(names, dims)}
+        series = {name: [number(r[d]) if len(r) > d else None for r in rows] for name, d in zip(names, dims)}
         charts.append(line_chart(title, series, marks))
     body = "".join(charts)
     return f'<div class="charts">{body}</div>' if body else ""
@@ -172,8 +172,22 @@ def badge(text: str, kind: str | None = None) -> str:
     return f'<span class="badge {esc(kind or text)}">{esc(text)}</span>'
 
 
+def number(v) -> float | None:
+    """A finite float, or None for anything else (the files are read defensively)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def fmt_action(a) -> str:
-    return "[" + ", ".join(f"{float(v):.3f}" for v in a) + "]" if a is not None else ""
+    if a is None:
+        return ""
+    try:
+        return "[" + ", ".join(f"{float(v):.3f}" for v in a) + "]"
+    except (TypeError, ValueError):
+        return esc(a)
 
 
 def table_html(header: list[str], rows: list[list], cls: str = "") -> str:

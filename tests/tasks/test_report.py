@@ -124,10 +124,13 @@ def test_missing_columns_and_files_leave_their_part_out(tmp_path, eval_run):
     df = pd.read_parquet(d / "simpler" / "episodes.parquet").drop(columns=["grasped", "video", "variant"])
     df.loc[0, "trace_file"] = None
     df.to_parquet(d / "simpler" / "episodes.parquet")
+    bad = d / "simpler" / df.loc[1, "trace_file"]  # actions that are not numbers: shown as text, not plotted
+    bad.write_text("".join(json.dumps({"step": s, "reasoning": "?", "action": ["<oops>", None]}) + "\n" for s in range(4)))
     page = Path(run_report(tmp_path / "r", eval_dirs=[d], cfg=ReportConfig(max_episodes=3))["report"]).read_text()
     assert "success rate" in page and "grasp rate" not in page and 'class="video"' not in page
     assert count(page, "data-episode") == 6 and count(page, "data-step") == 5 * 4  # one episode without a trace
     assert "Offline evaluation" not in page and "Attention" not in page
+    assert "&lt;oops&gt;" in page and "<oops>" not in page
 
 
 def test_report_renders_in_headless_chromium(tmp_path, reasoning_dirs, eval_run):
