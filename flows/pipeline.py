@@ -278,5 +278,9 @@ def attention_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: Att
 def view_flow(out_dir: str, data_dirs: list[str], eval_dirs: list[str], attention_dirs: list[str], cfg: ReportConfig = ReportConfig(),
               workdir: str = "work", tracking: TrackingConfig = TrackingConfig()) -> dict:
     """The HTML report of the given folders; always written afresh (it is cheap), and logged to MLflow."""
-    return _stage(workdir, tracking, "view", lambda o, ref: report_task.with_options(**o, refresh_cache=True)(
-        out_dir, data_dirs, eval_dirs, attention_dirs, cfg, ref))
+    def view(o, ref):
+        page = report_task.with_options(**o, refresh_cache=True)(out_dir, data_dirs, eval_dirs, attention_dirs, cfg, ref)
+        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
+        return page
+
+    return _stage(workdir, tracking, "view", view)
