@@ -9,6 +9,7 @@ reasoning/<dataset>/stats.json, README.md          build: action statistics and 
 checkpoints/<run>/step-<n>/                        finetune: HF layout
 eval/<run>/                                        evaluate: metrics, tables, per-sample records
 attention/<run>/*.png                              attention: heatmaps
+reports/<name>/index.html                          view: HTML report of episodes, traces and results
 mlflow.db, mlartifacts/                            default MLflow store
 .prefect-results/                                  Prefect task cache records
 ```
@@ -51,6 +52,10 @@ class Layout:
     @property
     def attention(self) -> Path:
         return self.root / "attention"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
 
     @property
     def prefect_results(self) -> Path:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from flows import env
 
-STAGES = ("sample", "parse", "annotate", "reannotate", "build", "finetune", "evaluate", "attention", "run")
+STAGES = ("sample", "parse", "annotate", "reannotate", "build", "finetune", "evaluate", "attention", "view", "run")
 
 
 # ---------------------------------------------------------------------------------------------------- flags from models
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tasks.evaluate import EvaluateConfig
     from tasks.finetune import FinetuneConfig
     from tasks.parse import ParseConfig
+    from tasks.report import ReportConfig
     from tasks.simpler import SimplerConfig
 
     p = argparse.ArgumentParser(prog="refinevla", description="ReFineVLA: teacher-guided reasoning fine-tuning of VLA models.",
@@ -159,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", nargs="+", required=True, help="Reasoning dataset folder(s) (with val/)")
     c.add_argument("--out", required=True, help="Output folder, e.g. work/attention/<run>")
 
+    c = command("view", "Write a static HTML report (index.html) of episodes, traces and evaluation results.", ReportConfig)
+    c.add_argument("--data", nargs="+", default=[], help="Reasoning dataset folder(s), e.g. work/reasoning/<dataset>")
+    c.add_argument("--eval", nargs="+", default=[], dest="eval_dirs", help="Evaluation folder(s) eval/<run> (offline results, simpler/ inside)")
+    c.add_argument("--attention", nargs="+", default=[], dest="attention_dirs", help="Attention folder(s) attention/<run>")
+    c.add_argument("--out", default=None, help="Report folder (default: <workdir>/reports/view). Without --data/--eval/--attention: "
+                   "everything under <workdir>/reasoning, eval and attention")
+
     c = command("run", "The whole pipeline: parse → annotate → build → fine-tune → evaluate → attention.", None)
     c.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="Named configuration to start from (default: demo)")
     c.add_argument("--dataset", action="append", default=[], metavar="DIR[:SPLIT,SPLIT]",
@@ -211,12 +219,37 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.attention import AttentionConfig
 
         result = fl.attention_flow(args.checkpoint, args.data, args.out, settings(AttentionConfig, args), args.workdir, tracking)
+    elif args.command == "view":
+        from tasks.report import ReportConfig
+
+        data, evals, attention = view_inputs(args)
+        out = args.out or str(Path(args.workdir) / "reports" / "view")
+        result = fl.view_flow(out, data, evals, attention, settings(ReportConfig, args), args.workdir, tracking)
+        print(json.dumps(result, indent=2, default=str))
+        print(f"Open it: file://{Path(result['report']).resolve()}")
+        return 0
     else:
         result = run_pipeline(args)
         print_summary(result)
         return 0
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def view_inputs(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    """The folders `view` reports on: as given, or when none is given, every dataset, evaluation and attention
+    folder of the working directory."""
+    if args.data or args.eval_dirs or args.attention_dirs:
+        return args.data, args.eval_dirs, args.attention_dirs
+    root = Path(args.workdir)
+
+    def subdirs(name: str) -> list[str]:
+        return sorted(str(d) for d in (root / name).iterdir() if d.is_dir()) if (root / name).is_dir() else []
+
+    found = ([d for d in subdirs("reasoning") if any(Path(d).glob("*/part-*.parquet"))], subdirs("eval"), subdirs("attention"))
+    if not any(found):
+        raise SystemExit(f"{root}: no reasoning/, eval/ or attention/ folders to show; give --data, --eval or --attention")
+    return found
 
 
 def parse_dataset_arg(text: str) -> dict:
@@ -250,6 +283,7 @@ def print_summary(s: dict) -> None:
         f"  checkpoint          {s['checkpoint']}",
         f"  training curves     {s['training_curves']}",
         f"  result table        {s['results']}",
+        f"  report              {s['report']}  (open in a browser; refinevla view for other episodes)" if s.get("report") else "",
         f"  attention maps      {Path(s['attention'][0]).parent}/  ({len(s['attention'])} PNGs, scores.md)" + "".join(
             f"; {label}: object mass {sc['object_mass_mean']:.3f} (uniform attention: {sc['uniform_mean']:.3f})"
             for label, sc in s["attention_scores"].items() if sc["object_mass_mean"] is not None),

@@ -17,6 +17,7 @@ from tasks.build import BuildConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.finetune import FinetuneConfig
 from tasks.parse import ParseConfig
+from tasks.report import ReportConfig
 from tasks.simpler import SimplerConfig
 from tasks.tracking import TrackingConfig
 
@@ -61,6 +62,7 @@ class PipelineConfig(BaseModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     simpler: SimplerConfig = Field(default_factory=SimplerConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
 

@@ -26,6 +26,7 @@ from tasks.build import BuildConfig, build_task
 from tasks.evaluate import EvaluateConfig, evaluate_task
 from tasks.finetune import FinetuneConfig, finetune_task
 from tasks.parse import ParseConfig, merge_summaries, parse_task, shard_groups
+from tasks.report import ReportConfig, report_task
 from tasks.sample import sample_task
 from tasks.simpler import SimplerConfig, simpler_available, simpler_task
 from tasks.tracking import Tracker, TrackingConfig, link_mlflow_run, prefect_tags, start_run
@@ -146,16 +147,19 @@ def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
             # before vs after: fine-tuning from a checkpoint directory compares with it
             "compare_checkpoint": config.attention.compare_checkpoint or (config.finetune.base_model if Path(config.finetune.base_model).is_dir() else None),
         })
-        ws.pull(attn_dir)
+        ws.pull(attn_dir, layout.reports / config.run_name)
         explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(attn_dir), explain, run.ref).result()
         if not config.dispatch.evaluate:
             evaluated, simulated = evaluated.result(), simulated.result()
-        ws.push(eval_dir, attn_dir, layout.prefect_results)
+        reported = report_task.with_options(**opts)(str(layout.reports / config.run_name), data_dirs, [str(eval_dir)], [str(attn_dir)],
+                                                     config.report, run.ref)
+        ws.push(eval_dir, attn_dir, layout.reports / config.run_name, layout.prefect_results)
 
         summary = {
             "workdir": config.workdir, "local_root": str(layout.root), "datasets": [d.path for d in datasets], "reasoning": data_dirs,
             "stats": [b["stats"] for b in built], "checkpoint": ckpt, "training_curves": trained["curves"],
             "results": evaluated["results"], "attention": explained["pngs"], "attention_scores": explained["scores"], "simpler": simulated,
+            "report": reported["report"],
             "mlflow_uri": run.ref.uri, "mlflow_experiment_id": run.ref.experiment_id, "mlflow_run_id": run.ref.run_id,
             "prefect_flow_run_id": _flow_run_id(),
             "steps": sum(p["steps"] for p in parsed), "episodes": sum(p["episodes"] for p in parsed),
@@ -198,7 +202,7 @@ def dispatch(ws: Workspace, config: PipelineConfig, deployment: str, stage_flow,
     return ws.localize(result, PATH_KEYS)
 
 
-PATH_KEYS = ("checkpoint", "run_dir", "curves", "results", "out_dir")
+PATH_KEYS = ("checkpoint", "run_dir", "curves", "results", "out_dir", "report")
 
 
 def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: list[dict], annotated: list[dict]) -> None:
@@ -208,6 +212,7 @@ def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: 
         run.log_artifact(Path(b["out_dir"]) / "README.md", f"datasets/{b['dataset']}")
     run.log_artifact(summary["training_curves"])
     run.log_artifact(summary["results"])
+    run.log_artifact(summary["report"], "report")
     for png in summary["attention"]:
         run.log_artifact(png, "attention")
     run.log_metrics({
@@ -305,10 +310,18 @@ def reannotate_flow(workdir: str = "work", cfg: AnnotateConfig = AnnotateConfig(
 
 @flow(name="refinevla-build")
 def build_flow(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig = BuildConfig(), workdir: str = "work",
-               tracking: TrackingConfig = TrackingConfig()) -> dict:
+               tracking: TrackingConfig = TrackingConfig(), report: ReportConfig = ReportConfig()) -> dict:
     ws = Workspace(workdir)
     steps, traces, out = str(ws.local(steps_dir)), str(ws.local(traces_dir)), str(ws.local(out_dir))
-    return _stage(ws, tracking, "build", lambda o, ref: build_task.with_options(**o)(steps, traces, out, cfg, ref), [steps, traces], [out])
+    page_dir = Layout(ws.root).reports / f"build-{Path(out).name}"
+
+    def build_and_report(o, ref):
+        built = build_task.with_options(**o)(steps, traces, out, cfg, ref)
+        page = report_task.with_options(**o)(str(page_dir), [out], [], [], report, ref)
+        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
+        return {**built, "report": page["report"]}
+
+    return _stage(ws, tracking, "build", build_and_report, [steps, traces], [out, page_dir])
 
 
 @flow(name="refinevla-finetune")
@@ -323,16 +336,20 @@ def finetune_flow(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig = Fine
 @flow(name="refinevla-evaluate")
 def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: EvaluateConfig = EvaluateConfig(),
                   simpler: SimplerConfig = SimplerConfig(), workdir: str = "work", tracking: TrackingConfig = TrackingConfig(),
-                  parent_run_id: str | None = None) -> dict:
+                  report: ReportConfig = ReportConfig(), parent_run_id: str | None = None) -> dict:
     """Offline metrics and SimplerEnv (the `evaluate` deployment runs on workers that have SimplerEnv)."""
     ws = Workspace(workdir)
     ckpt, data, out = str(ws.local(checkpoint)), [str(ws.local(d)) for d in data_dirs], str(ws.local(out_dir))
+    page_dir = Layout(ws.root).reports / f"eval-{Path(out).name}"
 
     def both(o, ref):
         offline = evaluate_task.with_options(**o)(ckpt, data, out, cfg, ref)
-        return {**offline, "simpler": simpler_task.with_options(**o)(ckpt, str(Path(out) / "simpler"), simpler, simpler_available(), ref)}
+        sim = simpler_task.with_options(**o)(ckpt, str(Path(out) / "simpler"), simpler, simpler_available(), ref)
+        page = report_task.with_options(**o)(str(page_dir), [], [out], [], report, ref)
+        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
+        return {**offline, "simpler": sim, "report": page["report"]}
 
-    return _stage(ws, tracking, "evaluate", both, [ckpt, *data], [out], parent_run_id)
+    return _stage(ws, tracking, "evaluate", both, [ckpt, *data], [out, page_dir], parent_run_id)
 
 
 @flow(name="refinevla-attention")
@@ -341,3 +358,18 @@ def attention_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: Att
     ws = Workspace(workdir)
     ckpt, data, out = str(ws.local(checkpoint)), [str(ws.local(d)) for d in data_dirs], str(ws.local(out_dir))
     return _stage(ws, tracking, "attention", lambda o, ref: attention_task.with_options(**o)(ckpt, data, out, cfg, ref), [ckpt, *data], [out])
+
+
+@flow(name="refinevla-view")
+def view_flow(out_dir: str, data_dirs: list[str], eval_dirs: list[str], attention_dirs: list[str], cfg: ReportConfig = ReportConfig(),
+              workdir: str = "work", tracking: TrackingConfig = TrackingConfig()) -> dict:
+    """The HTML report of the given folders; always written afresh (it is cheap), and logged to MLflow."""
+    ws = Workspace(workdir)
+    out, data, evals, attn = str(ws.local(out_dir)), *([str(ws.local(p)) for p in ps] for ps in (data_dirs, eval_dirs, attention_dirs))
+
+    def view(o, ref):
+        page = report_task.with_options(**o, refresh_cache=True)(out, data, evals, attn, cfg, ref)
+        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
+        return page
+
+    return _stage(ws, tracking, "view", view, [*data, *evals, *attn], [out])

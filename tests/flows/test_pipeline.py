@@ -49,8 +49,8 @@ def test_pipeline_end_to_end(tmp_path, prefect_api):
     assert {"val_action_token_acc", "final_loss", "steps"} <= set(run.data.metrics)
     assert run.data.params["finetune.reasoning_weight"] == "0.5"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
-        a.path for d in ("datasets/bridge_dataset", "attention") for a in client.list_artifacts(run.info.run_id, d)}
-    assert {"results.md", "training_curves.png", "datasets/bridge_dataset/stats.json"} <= artifacts
+        a.path for d in ("datasets/bridge_dataset", "attention", "report") for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"results.md", "training_curves.png", "datasets/bridge_dataset/stats.json", "report/index.html"} <= artifacts
     assert any(a.startswith("attention/") and a.endswith(".png") for a in artifacts)
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     names = sorted(c.info.run_name for c in children)
