@@ -7,6 +7,7 @@ Everything runs on loopback and is stopped at the end of the module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -127,6 +128,9 @@ def ops(tmp_path_factory):
         _wait("mlflow server", lambda: _healthy(f"{o.mlflow}/health"), 120, [o.procs["mlflow-server"]])
         yield o
     finally:
+        for p in o.procs.values():  # all at once: each takes a few seconds to shut down
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGINT)
         for name in list(o.procs):
             o.stop(name)
 
