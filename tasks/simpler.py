@@ -40,13 +40,13 @@ from tasks.tracking import RunRef, Tracker, stage_run
 log = logging.getLogger("refinevla")
 WIDOWX_TASKS = ["widowx_spoon_on_towel", "widowx_carrot_on_plate", "widowx_stack_cube", "widowx_put_eggplant_in_basket"]
 ASSET_ENV = "MS2_REAL2SIM_ASSET_DIR"
-INSTALL_HINT = (
-    "SimplerEnv is not installed, so the simulated evaluation was skipped. On a worker with a GPU (Vulkan) and "
-    "Python 3.10/3.11: git clone https://github.com/simpler-env/SimplerEnv && cd SimplerEnv && git checkout "
+INSTALL_STEPS = (
+    "On a worker with a GPU (Vulkan) and Python 3.10/3.11: git clone https://github.com/simpler-env/SimplerEnv && cd SimplerEnv && git checkout "
     "4ab7178e83e84ee06894034ec6dbf9e7aad1e882 && git submodule update --init && pip install 'numpy<2' sapien==2.2.2 "
     "&& pip install -e ManiSkill2_real2sim -e . && export MS2_REAL2SIM_ASSET_DIR=$PWD/ManiSkill2_real2sim/data "
     "(README, section 'SimplerEnv'); then check it with: python -m tasks.simpler check"
 )
+INSTALL_HINT = "SimplerEnv is not installed, so the simulated evaluation was skipped. " + INSTALL_STEPS
 
 
 class SimplerConfig(BaseModel):
@@ -56,7 +56,7 @@ class SimplerConfig(BaseModel):
 
     enabled: bool = Field(True, description="Run it when SimplerEnv is importable (skipped with a message otherwise).")
     mode: Literal["smoke", "full"] = Field("smoke", description="smoke: the first `smoke_episodes` episodes of the 4 WidowX tasks; full: SimplerEnv's protocol for `suites` (paper preset).")
-    suites: list[Literal["widowx", "google_vm", "google_va"]] = Field(default_factory=lambda: list(SUITES), description="Full mode: WidowX (Table 1), Google robot visual matching and variant aggregation (Table 2).")
+    suites: list[str] = Field(default_factory=lambda: list(SUITES), description="Full mode, any of widowx, google_vm, google_va: WidowX (Table 1), Google robot visual matching and variant aggregation (Table 2).")
     tasks: list[str] = Field(default_factory=list, description="Only these tasks (e.g. widowx_carrot_on_plate, google_vm_move_near); empty: all of the mode.")
     smoke_episodes: int = Field(3, ge=1, description="Episodes per WidowX task in smoke mode (the protocol: 24).")
     reason: bool = Field(False, description="Reason-then-act at every step (slow) instead of action-only decoding; traces are kept either way.")
@@ -111,7 +111,7 @@ def run_probe(code: str, what: str, python: str = sys.executable, timeout: float
                 f"through Vulkan: on a GPU worker install the NVIDIA driver's Vulkan ICD, libvulkan1 and libegl1 "
                 f"(check with `vulkaninfo --summary`). Last output:\n    {tail}")
     if "ModuleNotFoundError" in err or "ImportError" in err:
-        return f"{what}: cannot import SimplerEnv ({err.splitlines()[-1]}). {INSTALL_HINT}"
+        return f"{what}: cannot import SimplerEnv ({err.splitlines()[-1]}). {INSTALL_STEPS}"
     if "Cannot find a suitable rendering device" in err or "ErrorExtensionNotPresent" in err or "Vulkan" in err:
         return (f"{what}: the Vulkan renderer is not usable ({err.splitlines()[-1]}); SAPIEN 2.2.2 needs a Vulkan device with "
                 f"the features svulkan2 asks for (NVIDIA driver's ICD; see README 'SimplerEnv').")
@@ -141,9 +141,8 @@ def check_install(directory: str | Path | None = None, configs: list[EvalConfig]
     problems = []
     bad = run_probe("import simpler_env, mani_skill2_real2sim, sapien", "importing simpler_env", python, timeout=300)
     if bad:
-        return [bad]
-    bad = run_probe(RENDERER_PROBE, "creating the SAPIEN renderer", python, timeout=300)
-    if bad:
+        problems.append(bad)
+    elif bad := run_probe(RENDERER_PROBE, "creating the SAPIEN renderer", python, timeout=300):
         problems.append(bad)
     elif probe_env:
         bad = run_probe(ENV_PROBE, "creating a SimplerEnv environment", python)
@@ -314,11 +313,17 @@ def merge_results(out_dir: str | Path, items: list[EvalConfig], cfg: SimplerConf
         df.to_parquet(tmp)
     res = task_results(df)
     label = cfg.label or f"ours ({Path(checkpoint).parent.name}/{Path(checkpoint).name})"
+    partial = cfg.mode == "smoke" or cfg.max_steps or cfg.tasks
+    if partial and not cfg.label:
+        label += f", {cfg.mode}" + (f", ≤{cfg.max_steps} steps" if cfg.max_steps else "")
     t1, t2 = table1(res, label), table2(res, label)
     write_text_atomic(out / "results.csv", res.to_csv(index=False))
     write_text_atomic(out / "results.md", f"# SimplerEnv results ({cfg.mode} mode, checkpoint `{checkpoint}`)\n\n"
                       "Rates: mean over the task's configs; 95 % Wilson score intervals on the pooled episodes.\n\n" + results_markdown(res))
-    write_text_atomic(out / "table.md", table_markdown(t1, t2))
+    scope = (f"\nOur row: {cfg.mode} mode, {len(df)} episodes in {len(items)} configs"
+             + (f", episodes capped at {cfg.max_steps} steps" if cfg.max_steps else "")
+             + (" (not the full protocol: compare with the paper's rows only in full mode)" if partial else " (SimplerEnv's full protocol)") + ".\n")
+    write_text_atomic(out / "table.md", table_markdown(t1, t2) + scope)
     write_text_atomic(out / "table.csv", table_csv(t1, t2))
     summary = {"mode": cfg.mode, "checkpoint": str(checkpoint), "label": label, "episodes": len(df), "items": len(items),
                "tasks": {r["task"]: r for r in res.to_dict("records")}}
@@ -335,6 +340,13 @@ def merge_results(out_dir: str | Path, items: list[EvalConfig], cfg: SimplerConf
         tracker.log_artifact(out / v, str(Path("simpler") / Path(v).parent))
     return {"status": "done", "mode": cfg.mode, "out_dir": str(out), "episodes": len(df), "table": str(out / "table.md"),
             "success": float(df["success"].mean()), "grasp": float(df["grasped"].mean())}
+
+
+def shard_items(items: list[EvalConfig], shard: int, num_shards: int) -> list[EvalConfig]:
+    """Shard `shard` of `num_shards`: every num_shards-th item, so each shard gets a mix of tasks."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in [0, {num_shards}), not {shard}")
+    return items[shard::num_shards]
 
 
 def plan(cfg: SimplerConfig) -> list[EvalConfig]:

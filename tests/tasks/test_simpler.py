@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from models.simpler_policy import ActionEnsembler, SimplerPolicy, euler_to_axangle
-from tasks.simpler import SimplerConfig, check_assets, check_install, main, run_episode, run_probe, run_simpler, simpler_available, video_quota
+from tasks.simpler import SimplerConfig, check_assets, check_install, main, run_episode, run_probe, run_simpler, shard_items, simpler_available, video_quota
 from tasks.simpler_report import table1, table2, task_results, wilson
 from tasks.simpler_suites import expand, required_assets, robot_quat, suite_configs
 
@@ -113,6 +113,8 @@ def test_suites_mirror_simpler_env_scripts():
     assert [len(c.episodes) for c in smoke] == [2, 2, 2, 2] and all(c.suite == "widowx" for c in smoke)
     with pytest.raises(ValueError, match="unknown SimplerEnv task"):
         expand("smoke", tasks=["google_vm_move_near"])
+    shards = [shard_items(every, i, 3) for i in range(3)]  # a work pool's workers share the items
+    assert sorted(c.key for s in shards for c in s) == sorted(c.key for c in every) and {len(s) for s in shards} == {40, 41}
 
 
 def test_episode_loop_results_and_tables(tmp_path, checkpoint):
