@@ -63,12 +63,17 @@ class SimplerConfig(BaseModel):
     traces: bool = Field(True, description="Write a JSONL per episode: step, generated reasoning, the 7-D env action.")
     videos_per_task: int = Field(2, ge=0, description="Animated GIFs of the first N episodes of each task.")
     asset_dir: str | None = Field(None, description="ManiSkill2_real2sim's data/ directory; None: $MS2_REAL2SIM_ASSET_DIR.")
+    isolate: bool = Field(False, description="Run each config in a child process, so a simulator segfault becomes a retried failure instead of killing the worker (reloads the checkpoint per config).")
     label: str | None = Field(None, description="Name of our row in the tables; None: 'ours (<checkpoint>)'.")
     max_steps: int | None = Field(None, ge=1, description="Quick checks only: cap every episode at this many steps (not the protocol; recorded in max_steps).")
 
 
 class SimplerInstallError(RuntimeError):
     """SimplerEnv is present but cannot run (renderer, assets); never retried."""
+
+
+class SimulatorCrash(RuntimeError):
+    """The child process running a config died (e.g. a SAPIEN segfault); retried."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class ItemOptions:
     traces: bool = True
     videos: int = 0
     asset_dir: str | None = None
+    isolate: bool = False
 
 
 def simpler_available() -> bool:
@@ -358,7 +364,7 @@ def plan(cfg: SimplerConfig) -> list[EvalConfig]:
 
 def item_options(cfg: SimplerConfig, items: list[EvalConfig]) -> list[ItemOptions]:
     quota = video_quota(items, cfg.videos_per_task)
-    return [ItemOptions(cfg.reason, cfg.traces, quota[it.key], cfg.asset_dir) for it in items]
+    return [ItemOptions(cfg.reason, cfg.traces, quota[it.key], cfg.asset_dir, cfg.isolate) for it in items]
 
 
 def run_simpler(checkpoint: str | Path, out_dir: str | Path, cfg: SimplerConfig = SimplerConfig(), tracker: Tracker = Tracker(None),
@@ -394,7 +400,29 @@ def _retry_crashes(task, task_run, state) -> bool:
 @task(name="simpler-item", retry_condition_fn=_retry_crashes, retries=2, retry_delay_seconds=10,
       cache_policy=stage_cache_policy(__name__, "checkpoint"), persist_result=True)
 def simpler_item_task(checkpoint: str, out_dir: str, item: EvalConfig, opts: ItemOptions) -> dict:
-    return run_item(checkpoint, item, out_dir, opts)
+    return run_item_isolated(checkpoint, item, out_dir, opts) if opts.isolate else run_item(checkpoint, item, out_dir, opts)
+
+
+def run_child(cmd: list[str], what: str) -> None:
+    """Run a child process; a crash or failure becomes SimulatorCrash (retried) with its last output."""
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        tail = "\n    ".join((p.stderr or "").strip().splitlines()[-8:])
+        how = f"crashed with signal {-p.returncode}" if p.returncode < 0 else f"failed (exit code {p.returncode})"
+        raise SimulatorCrash(f"{what} {how}:\n    {tail}")
+
+
+def run_item_isolated(checkpoint: str | Path, item: EvalConfig, out_dir: str | Path, opts: ItemOptions) -> dict:
+    """`run_item` in a fresh interpreter (`python -m tasks.simpler run-item`); its result file is read back."""
+    from dataclasses import asdict
+
+    out = Path(out_dir)
+    part = out / "items" / f"{item.key}.parquet"
+    if not part.exists():
+        spec = out / "items" / f".{item.key}.json"
+        write_json_atomic(spec, {"checkpoint": str(checkpoint), "item": asdict(item), "opts": asdict(opts)})
+        run_child([sys.executable, "-m", "tasks.simpler", "run-item", str(spec), str(out)], f"SimplerEnv config {item.key}")
+    return _item_summary(item, pd.read_parquet(part))
 
 
 @task(name="simpler-eval", retry_condition_fn=_retry_crashes, retries=1, retry_delay_seconds=30,
@@ -428,7 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-env", action="store_true", help="skip building one environment (the slowest probe)")
     ls = sub.add_parser("list", help="Print the (task, config) items of a mode with their episode counts.")
     ls.add_argument("--mode", choices=["smoke", "full"], default="full")
+    ri = sub.add_parser("run-item", help="(internal) run one config described by a JSON file; used by `isolate`.")
+    ri.add_argument("spec")
+    ri.add_argument("out_dir")
     args = p.parse_args(argv)
+    if args.cmd == "run-item":
+        from tasks.simpler_suites import config_from_dict
+
+        spec = json.loads(Path(args.spec).read_text())
+        run_item(spec["checkpoint"], config_from_dict(spec["item"]), args.out_dir, ItemOptions(**{**spec["opts"], "isolate": False}))
+        return 0
     items = expand(args.mode)
     if args.cmd == "list":
         for it in items:

@@ -88,6 +88,15 @@ class EvalConfig:
         return f"{safe}__{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
+def config_from_dict(d: dict) -> EvalConfig:
+    """Inverse of dataclasses.asdict(config) (after a JSON round trip: lists back to tuples)."""
+    eps = tuple(Episode(robot_xy=tuple(e["robot_xy"]), robot_quat=tuple(e["robot_quat"]), obj_episode_id=e["obj_episode_id"],
+                        obj_xy=tuple(e["obj_xy"]) if e["obj_xy"] is not None else None, rgb_overlay=e["rgb_overlay"],
+                        pose_name=e["pose_name"]) for e in d["episodes"])
+    return EvalConfig(**{**d, "episodes": eps, "env_kwargs": tuple(tuple(kv) for kv in d["env_kwargs"]),
+                         "stage_files": tuple(d["stage_files"])})
+
+
 def _quat_mul(a, b):
     w1, x1, y1, z1 = a
     w2, x2, y2, z2 = b
