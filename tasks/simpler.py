@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from prefect import task, unmapped
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.io import atomic_path, write_json_atomic, write_text_atomic
 from tasks.caching import stage_cache_policy
@@ -66,6 +66,14 @@ class SimplerConfig(BaseModel):
     isolate: bool = Field(False, description="Run each config in a child process, so a simulator segfault becomes a retried failure instead of killing the worker (reloads the checkpoint per config).")
     label: str | None = Field(None, description="Name of our row in the tables; None: 'ours (<checkpoint>)'.")
     max_steps: int | None = Field(None, ge=1, description="Quick checks only: cap every episode at this many steps (not the protocol; recorded in max_steps).")
+
+    @field_validator("suites")
+    @classmethod
+    def _known_suites(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in SUITES]
+        if unknown:
+            raise ValueError(f"unknown SimplerEnv suite(s) {unknown}; known: {', '.join(SUITES)}")
+        return v
 
 
 class SimplerInstallError(RuntimeError):

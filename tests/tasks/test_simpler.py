@@ -114,6 +114,8 @@ def test_suites_mirror_simpler_env_scripts():
     assert [len(c.episodes) for c in smoke] == [2, 2, 2, 2] and all(c.suite == "widowx" for c in smoke)
     with pytest.raises(ValueError, match="unknown SimplerEnv task"):
         expand("smoke", tasks=["google_vm_move_near"])
+    with pytest.raises(ValueError, match="unknown SimplerEnv suite"):
+        SimplerConfig(suites=["google"])
     assert all(config_from_dict(json.loads(json.dumps(asdict(c)))) == c for c in every)  # what an isolated child receives
     shards = [shard_items(every, i, 3) for i in range(3)]  # a work pool's workers share the items
     assert sorted(c.key for s in shards for c in s) == sorted(c.key for c in every) and {len(s) for s in shards} == {40, 41}
