@@ -17,8 +17,18 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import _stage
-from tasks.simpler import (INSTALL_HINT, SimplerConfig, SimplerInstallError, check_install, item_options, merge_results, plan,
-                           shard_items, simpler_available, simpler_item_task)
+from tasks.simpler import (
+    INSTALL_HINT,
+    SimplerConfig,
+    SimplerInstallError,
+    check_install,
+    item_options,
+    merge_results,
+    plan,
+    shard_items,
+    simpler_available,
+    simpler_item_task,
+)
 from tasks.tracking import Tracker, TrackingConfig
 
 

@@ -34,7 +34,7 @@ from data.io import atomic_path, write_json_atomic, write_text_atomic
 from tasks.caching import stage_cache_policy
 from tasks.retry import transient_only
 from tasks.simpler_report import results_markdown, table1, table2, table_csv, table_markdown, task_results
-from tasks.simpler_suites import SUITES, EvalConfig, Episode, expand, required_assets
+from tasks.simpler_suites import SUITES, Episode, EvalConfig, expand, required_assets
 from tasks.tracking import RunRef, Tracker, stage_run
 
 log = logging.getLogger("refinevla")

@@ -14,7 +14,18 @@ import pandas as pd
 import pytest
 
 from models.simpler_policy import ActionEnsembler, SimplerPolicy, euler_to_axangle
-from tasks.simpler import SimplerConfig, check_assets, check_install, main, run_episode, run_probe, run_simpler, shard_items, simpler_available, video_quota
+from tasks.simpler import (
+    SimplerConfig,
+    check_assets,
+    check_install,
+    main,
+    run_episode,
+    run_probe,
+    run_simpler,
+    shard_items,
+    simpler_available,
+    video_quota,
+)
 from tasks.simpler_report import table1, table2, task_results, wilson
 from tasks.simpler_suites import config_from_dict, expand, required_assets, robot_quat, suite_configs
 
