@@ -79,6 +79,6 @@ PRESETS: dict[str, PipelineConfig] = {
         annotate=AnnotateConfig(teacher=TeacherConfig(kind="gemini"), max_workers=16),
         finetune=FinetuneConfig(base_model="checkpoints/spatialvla-4b-224-pt", learning_rate=2e-5, batch_size=32, max_steps=None,
                                 epochs=1.0, save_steps=500, warmup_ratio=0.005, freeze_embeddings=True, freeze_first_n_layers=12),
-        simpler=SimplerConfig(episodes_per_task=24),
+        simpler=SimplerConfig(mode="full"),  # SimplerEnv's protocol: Tables 1 and 2
     ),
 }
