@@ -67,10 +67,13 @@ def refinevla_loss(logits: torch.Tensor, labels: torch.Tensor, token_kinds: torc
 
 
 def freeze_filters(freeze_vision: bool, freeze_embeddings: bool, freeze_first_n_layers: int) -> list[str]:
-    """Regexes over parameter names of `SpatialVLAForConditionalGeneration` that select frozen weights."""
-    filters = []
+    """Regexes over parameter names of `SpatialVLAForConditionalGeneration` that select frozen weights.
+
+    ZoeDepth is always frozen (SpatialVLA never trains it); `freeze_vision` covers SigLIP and the Ego3D
+    position MLP (the whole image path before the projector)."""
+    filters = [r"^vision_zoe_model\."]
     if freeze_vision:
-        filters.append(r"^vision_tower\.")
+        filters += [r"^vision_tower\.", r"^position_embedding_3d\."]
     if freeze_embeddings:  # the input table; `spatial_embed_tokens` stays trainable as in SpatialVLA
         filters.append(r"^language_model\.model\.embed_tokens\.")
     if freeze_first_n_layers > 0:

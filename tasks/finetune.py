@@ -10,7 +10,7 @@ The loop, in one screen:
         log losses / accuracies / LR / throughput to MLflow
         every save_steps and at the end: checkpoint (weights, processor, optimizer, scheduler, history)
 
-Frozen: vision tower, input embeddings and the first N Gemma2 layers (path filters, logged). A run
+Frozen: ZoeDepth always; vision tower + Ego3D MLP, input embeddings and the first N Gemma2 layers (path filters, logged). A run
 directory holds one configuration; re-running resumes from its latest checkpoint (weights, optimizer,
 scheduler and data position: the stream skips what earlier steps consumed without decoding it), and a
 finished run is not trained again.
@@ -59,6 +59,7 @@ class FinetuneConfig(BaseModel):
     max_steps: int | None = Field(80, ge=1, description="Total optimizer steps (None: from epochs).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     save_steps: int = Field(40, ge=1, description="Checkpoint every N steps and at the end (paper: 500).")
+    action_first: bool = Field(False, description="Target order: action tokens, then reasoning, then <eos> (inference may stop after the actions); default: reasoning first (the paper).")
     max_reasoning_tokens: int = Field(244, ge=0, description="Reasoning tokens kept per sample (paper: 244).")
     action_chunk_size: int = Field(4, ge=1, description="Future actions per sample (SpatialVLA: 4, i.e. 12 action tokens).")
     tokenizer_vocab_size: int = Field(1024, ge=300, description="BPE vocabulary learned for a fresh model (ignored for checkpoints).")
@@ -166,10 +167,11 @@ def _build_or_load(cfg: FinetuneConfig, train_dirs: list[Path], statistics: dict
         for r in rows:
             by_key.setdefault(r["unnorm_key"], []).append(r["action"])
         return build_student(cfg.base_model, texts, statistics, {k: np.stack(v) for k, v in by_key.items()}, cfg.tokenizer_vocab_size,
-                             cfg.min_sigma, cfg.max_reasoning_tokens, cfg.action_chunk_size, cfg.seed)
+                             cfg.min_sigma, cfg.max_reasoning_tokens, cfg.action_chunk_size, cfg.seed, cfg.action_first)
     model, processor = load_checkpoint(cfg.base_model)
     processor.statistics.update(statistics)  # new datasets' statistics join the checkpoint's
     processor.max_reasoning_tokens = cfg.max_reasoning_tokens
+    processor.action_first = cfg.action_first
     return model, processor
 
 
@@ -286,8 +288,7 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
             t0 = time.perf_counter()
             batch = {k: v.to(device) for k, v in next(batches).items()}
             with autocast:
-                out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
-                            logits_to_keep=labelled_window(batch["labels"]))
+                out = model(**processor.model_inputs(batch), logits_to_keep=labelled_window(batch["labels"]))
             parts = refinevla_loss(out.logits, batch["labels"], batch["token_kinds"], cfg.reasoning_weight)
             parts.total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)

@@ -11,14 +11,15 @@ def test_checkpoint_layout_and_reload(checkpoint, tmp_path):
         assert (checkpoint / name).exists(), name
     model, proc = load_checkpoint(checkpoint)
     names = {n.split(".")[0] for n, _ in model.named_parameters()}
-    assert names == {"vision_tower", "multi_modal_projector", "language_model"}  # SpatialVLA's prefixes
+    assert names == {"vision_tower", "multi_modal_projector", "language_model", "vision_zoe_model", "position_embedding_3d",
+                     "spatial_embed_tokens"}  # SpatialVLA's prefixes
     model.save_pretrained(tmp_path)
     proc.save_pretrained(tmp_path)
     again, proc2 = load_checkpoint(tmp_path)
     ids = torch.tensor([proc.prompt_ids("put the block on the plate")])
-    px = torch.rand(1, 3, 224, 224)
+    px, k = torch.rand(1, 3, 224, 224), proc.intrinsic("bridge_orig/1.0.0")[None]
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, pixel_values=px).logits, again(input_ids=ids, pixel_values=px).logits)
+        assert torch.equal(model(input_ids=ids, pixel_values=px, intrinsic=k).logits, again(input_ids=ids, pixel_values=px, intrinsic=k).logits)
     assert proc2.statistics == proc.statistics and proc2.bin_policy == proc.bin_policy
 
 
