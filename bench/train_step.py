@@ -83,12 +83,15 @@ def measure(args) -> None:
         kinds[:, 280:-13], kinds[:, -13:] = 1, 2
         labels = torch.where(kinds > 0, ids, -100)
         pixels = torch.rand(args.batch, 3, 224, 224, device="cuda")
+        intrinsic = torch.tensor([[218.26, 0, 111.8], [0, 291.0, 111.8], [0, 0, 1]], device="cuda").expand(args.batch, 3, 3)
+        types = (kinds > 0).long()
         times = []
         for _ in range(args.steps):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids), logits_to_keep=seq - 280 + 1)
+                out = model(input_ids=ids, pixel_values=pixels, intrinsic=intrinsic, attention_mask=torch.ones_like(ids), token_type_ids=types,
+                            logits_to_keep=seq - 280 + 1)
             refinevla_loss(out.logits, labels, kinds, 0.5).total.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -60,6 +60,8 @@ ZOE_4B = {
     "model_type": "zoedepth",
     "bin_configurations": [{"n_bins": 64, "min_depth": 0.001, "max_depth": 10.0, "name": "nyu"},
                            {"n_bins": 64, "min_depth": 0.001, "max_depth": 80.0, "name": "kitti"}],
+    "num_patch_transformer_layers": 4, "patch_transformer_hidden_size": 128, "patch_transformer_intermediate_size": 1024,
+    "patch_transformer_num_attention_heads": 4,  # the domain classifier that picks the nyu or kitti head
 }
 # The same architecture at a size that runs on a laptop CPU (BEiT 4 x 32 at 96 px, 16-channel neck); at SpatialVLA's
 # 384 px ZoeDepth alone took ~7 s per batch of 8 on the 2-core CPU, now ~0.5 s.

@@ -151,7 +151,15 @@ class SpatialVLAForConditionalGeneration(PreTrainedModel):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = state_dict if state_dict is not None else self.state_dict()
+        n = self.config.spatial_token_num
+        if self.config.use_spatial_token:  # keep the file in the form loading produces (action rows = spatial_embed_tokens)
+            with torch.no_grad():
+                self.language_model.get_input_embeddings().weight[-n:] = self.spatial_embed_tokens.weight
+        state = dict(state_dict) if state_dict is not None else self.state_dict()
+        table = "language_model.model.embed_tokens.weight"
+        if self.config.use_spatial_token and state_dict is not None and table in state and "spatial_embed_tokens.weight" in state:
+            state[table] = state[table].clone()
+            state[table][-n:] = state["spatial_embed_tokens.weight"]
         write_weights(state, path, max_shard_bytes)
         write_config(self.config, path, str(next(iter(state.values())).dtype).removeprefix("torch."))
 
