@@ -66,6 +66,26 @@ def refinevla_loss(logits: torch.Tensor, labels: torch.Tensor, token_kinds: torc
     return LossParts(action + reasoning_weight * reasoning, action, reasoning, a_ok, a_n, r_ok, r_n)
 
 
+def action_l1(logits: torch.Tensor, labels: torch.Tensor, token_kinds: torch.Tensor, begin: int, action_tokenizer) -> float:
+    """Mean L1, in normalised action units, between the greedy (argmax) action tokens and the labels' actions.
+
+    Teacher-forced like the accuracies: position t's argmax predicts token t+1; each id is clipped into its
+    slot's range by the grid decoder. Rows whose action tokens are cut off by the logits window are skipped."""
+    k = logits.shape[1]
+    targets, kinds = labels[:, -k:][:, 1:], token_kinds[:, -k:][:, 1:]
+    is_action = (kinds == TOKEN_ACTION) & (targets >= begin)
+    pred = logits[:, :-1].argmax(-1)
+    errors = []
+    for row in range(len(targets)):
+        t, p = targets[row][is_action[row]], pred[row][is_action[row]]
+        if len(t) == 0 or len(t) % 3:
+            continue
+        a = action_tokenizer.decode((t - begin).view(-1, 3).cpu().numpy())
+        b = action_tokenizer.decode((p - begin).clamp(min=0).view(-1, 3).cpu().numpy())
+        errors.append(abs(a - b).mean())
+    return float(sum(errors) / len(errors)) if errors else float("nan")
+
+
 def freeze_filters(freeze_vision: bool, freeze_embeddings: bool, freeze_first_n_layers: int) -> list[str]:
     """Regexes over parameter names of `SpatialVLAForConditionalGeneration` that select frozen weights.
 

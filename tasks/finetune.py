@@ -175,6 +175,19 @@ def _build_or_load(cfg: FinetuneConfig, train_dirs: list[Path], statistics: dict
     return model, processor
 
 
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
+
+
+def _peak_flops(device: str, precision: str) -> float | None:
+    """Dense bf16 peak of the GPU by name (None on CPU or an unknown GPU: no MFU is logged)."""
+    import torch
+
+    if not device.startswith("cuda") or precision != "bf16-mixed":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
 def _param_counts(model) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -223,7 +236,7 @@ def _batches(cfg: FinetuneConfig, train_dirs: list[Path], processor, done_steps:
 def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), tracker: Tracker = Tracker(None)) -> dict:
     import torch
 
-    from models.objective import apply_freezing, freeze_filters, labelled_window, refinevla_loss
+    from models.objective import action_l1, apply_freezing, freeze_filters, labelled_window, refinevla_loss
     from models.spatialvla.policy import load_checkpoint
 
     data_dirs, run_dir = [Path(d) for d in data_dirs], Path(out_dir)
@@ -281,6 +294,8 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
         log.info("resuming %s at step %d of %d", run_dir, start, total)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    peak = _peak_flops(device, precision)
+    n_total, n_train = counts["params_total"], counts["params_trainable"]
     bar = tqdm(range(start + 1, total + 1), desc="finetune", unit="step", initial=start, total=total)
     batches = _batches(cfg, train_dirs, processor, start)
     with tracker.system_metrics():
@@ -301,7 +316,13 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
                 "action_token_acc": parts.action_accuracy, "reasoning_token_acc": parts.reasoning_accuracy,
                 "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
                 "samples_per_s": len(batch["input_ids"]) / dt, "tokens_per_s": int(batch["attention_mask"].sum()) / dt,
+                "action_l1": action_l1(out.logits.detach(), batch["labels"], batch["token_kinds"], processor.action_token_begin_idx,
+                                       processor.action_tokenizer),
             }
+            if peak:  # forward over all weights, backward through all activations and into the trainable weights
+                metrics["mfu"] = (4 * n_total + 2 * n_train) * metrics["tokens_per_s"] / peak
+            if device.startswith("cuda"):
+                metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
             history.append({"step": step, **metrics})
             tracker.log_metrics(metrics, step)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", act=f"{metrics['action_token_acc']:.2f}")
@@ -311,6 +332,12 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     checkpoint = latest_checkpoint(run_dir)
     curves = plot_curves(history, run_dir / "training_curves.png")
     tracker.log_artifact(curves)
+    if checkpoint is not None:  # the final checkpoint, with the data and settings that made it
+        import json
+
+        tracker.register_model(f"refinevla-{run_dir.name}", checkpoint, {
+            "datasets": ",".join(str(d) for d in data_dirs), "data_fingerprint": fingerprint(train_dirs), "step": str(total),
+            "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)})
     last = history[-1] if history else {}
     summary = {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "steps": total, "resumed_from": start, "train_samples": len(first_epoch),
                **counts, "curves": str(curves), **{f"final_{k}": v for k, v in last.items() if k != "step"}}

@@ -61,6 +61,7 @@ def test_training_writes_curves_and_history(checkpoint):
     assert [h["step"] for h in state["history"]] == [1, 2, 3, 4]
     h = state["history"][-1]
     assert h["loss"] == pytest.approx(h["loss_action"] + 0.5 * h["loss_reasoning"], rel=1e-5)
+    assert 0 <= h["action_l1"] <= 2 and h["samples_per_s"] > 0 and h["tokens_per_s"] > 0
     png = Image.open(checkpoint.parent / "training_curves.png")
     assert png.size[0] > 500
 
