@@ -77,12 +77,22 @@ class FinetuneConfig(BaseModel):
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: 8-bit optimizer states (needs bitsandbytes and a GPU).")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:n]'.")
     precision: Literal["auto", "fp32", "bf16-mixed"] = Field("auto", description="'auto': bf16-mixed on CUDA, fp32 on CPU.")
+    nproc_per_node: int = Field(1, ge=1, description="Data-parallel processes: >1 launches `torchrun --standalone` (DDP; NCCL on GPUs, gloo on CPU); batch_size is per process (paper: 32 per device).")
+
+
+def _distributed() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _device_and_precision(cfg: FinetuneConfig) -> tuple[str, str]:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cuda" and _distributed():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
     precision = ("bf16-mixed" if device.startswith("cuda") else "fp32") if cfg.precision == "auto" else cfg.precision
     return device, precision
 
@@ -233,15 +243,47 @@ def _batches(cfg: FinetuneConfig, train_dirs: list[Path], processor, done_steps:
         epoch, skip = epoch + 1, 0
 
 
+def _launch_torchrun(data_dirs: list[Path], run_dir: Path, cfg: FinetuneConfig, tracker: Tracker) -> dict:
+    """Run this stage as `torchrun --standalone --nproc_per_node N -m tasks.finetune --launch FILE`; rank 0 logs,
+    saves and writes the summary, which is returned here."""
+    import subprocess
+    import sys
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"data_dirs": [str(d) for d in data_dirs], "out_dir": str(run_dir), "cfg": cfg.model_dump(mode="json"),
+            "tracking": vars(tracker.ref) if tracker.ref is not None else None}
+    write_json_atomic(run_dir / "launch.json", spec)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc_per_node}", "-m", "tasks.finetune",
+           "--launch", str(run_dir / "launch.json")]
+    log.info("launching %s", " ".join(cmd))
+    done = subprocess.run(cmd, cwd=root, env=env)
+    if done.returncode != 0 or not (run_dir / "summary.json").exists():
+        raise RuntimeError(f"torchrun fine-tuning failed (exit {done.returncode}); see the log above; command: {' '.join(cmd)}")
+    return read_json(run_dir / "summary.json")
+
+
 def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), tracker: Tracker = Tracker(None)) -> dict:
     import torch
+
+    if cfg.nproc_per_node > 1 and not _distributed():
+        if cfg.lora:
+            raise ValueError("finetune.lora with nproc_per_node > 1 is not supported yet; use one process per run for LoRA")
+        return _launch_torchrun([Path(d) for d in data_dirs], Path(out_dir), cfg, tracker)
+    rank = torch.distributed.get_rank() if _distributed() else 0
+    main = rank == 0
 
     from models.objective import action_l1, apply_freezing, freeze_filters, labelled_window, refinevla_loss
     from models.spatialvla.policy import load_checkpoint
 
     data_dirs, run_dir = [Path(d) for d in data_dirs], Path(out_dir)
     train_dirs = [d / "train" for d in data_dirs]
-    _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [str(d) for d in data_dirs], "data_fingerprint": fingerprint(train_dirs)})
+    if main:
+        _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [str(d) for d in data_dirs], "data_fingerprint": fingerprint(train_dirs)})
+    if _distributed():
+        torch.distributed.barrier()
     device, precision = _device_and_precision(cfg)
     statistics = merged_statistics(data_dirs)
     resume_from = latest_checkpoint(run_dir)
@@ -273,6 +315,11 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     if cfg.gradient_checkpointing:
         (model.get_base_model() if cfg.lora else model).language_model.gradient_checkpointing_enable()
     model.to(device).train()
+    core = model  # what is saved (DDP wraps it for the forward/backward)
+    if _distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     log.info("trainable %d / %d parameters (%s)", counts["params_trainable"], counts["params_total"], "LoRA" if cfg.lora else f"frozen by {filters}")
     first_epoch = _stream(cfg, train_dirs, processor, epoch=0)
     tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(first_epoch), "resolved_device": device, "resolved_precision": precision})
@@ -296,7 +343,7 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     peak = _peak_flops(device, precision)
     n_total, n_train = counts["params_total"], counts["params_trainable"]
-    bar = tqdm(range(start + 1, total + 1), desc="finetune", unit="step", initial=start, total=total)
+    bar = tqdm(range(start + 1, total + 1), desc="finetune", unit="step", initial=start, total=total, disable=not main)
     batches = _batches(cfg, train_dirs, processor, start)
     with tracker.system_metrics():
         for step in bar:
@@ -327,9 +374,14 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
             tracker.log_metrics(metrics, step)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", act=f"{metrics['action_token_acc']:.2f}")
             if step % cfg.save_steps == 0 or step == total:
-                save_checkpoint(run_dir, step, model, processor, opt, sched, history, cfg.lora)
+                if main:
+                    save_checkpoint(run_dir, step, core, processor, opt, sched, history, cfg.lora)
+                if _distributed():
+                    torch.distributed.barrier()
 
     checkpoint = latest_checkpoint(run_dir)
+    if not main:
+        return {"checkpoint": str(checkpoint), "rank": rank}
     curves = plot_curves(history, run_dir / "training_curves.png")
     tracker.log_artifact(curves)
     if checkpoint is not None:  # the final checkpoint, with the data and settings that made it
@@ -341,6 +393,9 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     last = history[-1] if history else {}
     summary = {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "steps": total, "resumed_from": start, "train_samples": len(first_epoch),
                **counts, "curves": str(curves), **{f"final_{k}": v for k, v in last.items() if k != "step"}}
+    if _distributed():
+        summary["world_size"] = torch.distributed.get_world_size()
+        write_json_atomic(run_dir / "summary.json", summary)
     log.info("fine-tuned %d steps → %s (loss %.3f)", total, checkpoint, last.get("loss", float("nan")))
     return summary
 
@@ -349,3 +404,25 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
 def finetune_task(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig, tracking: RunRef | None = None) -> dict:
     with stage_run(tracking, "finetune", cfg) as tracker:
         return run_finetune(data_dirs, out_dir, cfg, tracker)
+
+
+def _worker(launch: str) -> None:
+    """One torchrun process: join the group, run the stage, leave."""
+    import torch
+
+    spec = read_json(launch)
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        ref = spec["tracking"]
+        tracker = Tracker(RunRef(**ref) if ref and torch.distributed.get_rank() == 0 else None)
+        run_finetune(spec["data_dirs"], spec["out_dir"], FinetuneConfig(**spec["cfg"]), tracker)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="torchrun entry point of the fine-tune stage (launched by run_finetune)")
+    ap.add_argument("--launch", required=True, help="launch.json written by run_finetune")
+    _worker(ap.parse_args().launch)
