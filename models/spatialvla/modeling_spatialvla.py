@@ -190,7 +190,8 @@ class SpatialVLAForConditionalGeneration(PreTrainedModel):
             if intrinsic is None:
                 raise ValueError("this model encodes depth (use_vision_zoe): pass `intrinsic`, the (B, 3, 3) camera matrices from the processor")
             with torch.no_grad():
-                xyz = self.backproject(intrinsic.to(pixel_values.device), self.depth(pixel_values))
+                # K in the model dtype first, as the authors' predict_action casts every float input to bf16
+                xyz = self.backproject(intrinsic.to(pixel_values.device, pixel_values.dtype), self.depth(pixel_values))
             feats = feats + self.position_embedding_3d(xyz)
         return self.multi_modal_projector(feats) / math.sqrt(self.config.text_config.hidden_size)
 

@@ -1,8 +1,8 @@
 """Writes spatialvla_tiny_447.json: a tiny checkpoint built with SpatialVLA's own code and its outputs.
 
 Not run by the tests (they read the JSON). To regenerate, in an environment with transformers==4.47.0
-(and tokenizers 0.21, huggingface_hub<1.0, torchvision) and SpatialVLA's repository (github.com/SpatialVLA/SpatialVLA,
-its `model/` package) on PYTHONPATH:
+(and tokenizers 0.21, huggingface_hub<1.0, torchvision, scipy) and a checkout of SpatialVLA's repository
+(github.com/SpatialVLA/SpatialVLA: its `model/` package and `scripts/*.json`) on PYTHONPATH:
 
     python tests/models/data/make_reference_447.py OUT_DIR
 
@@ -40,6 +40,36 @@ def reference_inputs() -> dict:
     labels = torch.where(types == 1, ids, torch.full_like(ids, -100))
     return {"pixel_values": px, "intrinsic": K[None].repeat(B, 1, 1), "input_ids": ids, "token_type_ids": types, "labels": labels,
             "attention_mask": (ids != 0).long(), "prompt": torch.tensor([prompt] * B)}
+
+
+def reference_actions() -> "np.ndarray":
+    """Normalised (n, 7) actions: a grid through [-1, 1] per axis, exact bin-range ends, and the gripper at 0 / 0.5 / 1."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    a = np.clip(g.normal(0, 0.5, (200, 7)), -1.2, 1.2)
+    a[:8, :6] = np.array([-1.0, 1.0, 0.0, 0.999, -0.999, 1e-9, -1e-9, 0.5])[:, None]
+    a[:, 6] = g.choice([0.0, 0.49, 0.5, 1.0], 200)
+    return a
+
+
+def tokenizer_reference(repo: Path) -> dict:
+    """The authors' action tokenizer with the grid fitted from their scripts/gs_bridge.json: encode / decode."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from model.action_tokenizer import SpatialActionTokenizer
+
+    base = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}, unk_token="<unk>")))
+    action_config = json.loads((repo / "scripts" / "action_config.json").read_text())
+    gs = json.loads((repo / "scripts" / "gs_bridge.json").read_text())
+    tok = SpatialActionTokenizer(base, num_bins=action_config["num_bins"], gs_params=gs, use_spherical=True)
+    actions = reference_actions()
+    ids = base.convert_tokens_to_ids(tok(actions).reshape(-1).tolist())
+    begin = tok.action_token_begin_idx
+    grid = (torch.tensor(ids).reshape(-1, 3) - begin).numpy()
+    decoded = tok.decode_token_ids_to_actions(grid + begin)
+    return {"bin_policy": tok.bin_policy, "grid_ids": grid.tolist(), "decoded": decoded.tolist()}
 
 
 def main(out: str) -> None:
@@ -91,6 +121,9 @@ def main(out: str) -> None:
         "image_features_head": feats[:, :3, :8].tolist(),
         "generated": gen.tolist(),
     }
+    import model as their_model
+
+    ref["action_tokenizer"] = tokenizer_reference(Path(their_model.__file__).resolve().parent.parent)
     Path(__file__).with_name("spatialvla_tiny_447.json").write_text(json.dumps(ref))
     print({k: v for k, v in ref.items() if k in ("train_loss", "infer_argmax", "generated", "image_features_sum")})
 
