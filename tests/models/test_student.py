@@ -103,3 +103,18 @@ def test_processor_config_in_the_authors_schema(checkpoint, tmp_path):
     k = again.intrinsic("bridge_orig/1.0.0")  # rows 0 and 1 scaled to the 224 px model input
     assert torch.allclose(k, torch.tensor([[623.588 * 224 / 640, 0, 319.5 * 224 / 640], [0, 623.588 * 224 / 480, 239.5 * 224 / 480], [0, 0, 1]]))
     assert torch.allclose(again.intrinsic("unknown/1.0.0"), torch.tensor([[500.0 * 224 / 256, 0, 112], [0, 400.0 * 224 / 192, 112], [0, 0, 1]]))
+
+
+def test_padded_training_batch_equals_single_samples(checkpoint, reasoning_dirs):
+    """The collator gives padding token_type 1, so the prefix-LM mask hides it: each row's logits do not depend on
+    the batch it is padded into."""
+    model, proc = load_checkpoint(checkpoint)
+    s = StepSamples([d / "train" for d in reasoning_dirs], 4, proc.training_sample)
+    samples = [s[0], next(s[i] for i in range(1, len(s)) if len(s[i]["input_ids"]) != len(s[0]["input_ids"]))]
+    batch = proc.collate(samples)
+    with torch.no_grad():
+        both = model(**proc.model_inputs(batch)).logits
+        for i, x in enumerate(samples):
+            alone = model(**proc.model_inputs(proc.collate([x]))).logits[0]
+            n = len(x["input_ids"])
+            torch.testing.assert_close(both[i, :n], alone, atol=2e-5, rtol=1e-5)
