@@ -23,7 +23,6 @@ its name. A key that maps to no parameter, or a parameter no key provides, is an
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -142,8 +141,6 @@ def read_config(path: str | Path):
     reso, patch = raw.get("ego3d_patch_reso", 4), subs["vision_config"].get("patch_size", 16)
     if use_zoe and patch % reso:
         raise ValueError(f"{file}: ego3d_patch_reso={reso} must divide vision_config.patch_size={patch}")
-    if raw.get("tie_word_embeddings") and text.get("tie_word_embeddings", True):
-        pass  # 4.47's top-level default; the language model's own flag decides
     return SpatialVLAConfig(
         vision_config=subs["vision_config"], text_config=text, vision_zoe_config=subs["vision_zoe_config"] if use_zoe else None,
         image_token_index=raw.get("image_token_index", 256000), action_token_begin_idx=raw.get("action_token_begin_idx"),
@@ -216,10 +213,8 @@ def read_weights(path: str | Path) -> dict:
 def load_into(model, disk_state: dict, where: str) -> None:
     """Map 4.47 names onto `model` and copy; unmapped or missing keys are errors that name them."""
     ours = model.state_dict()
-    mapped = {}
-    for k, v in disk_state.items():
-        mapped[from_disk_name(k)] = v
-    unexpected = sorted(k for k, n in ((k, from_disk_name(k)) for k in disk_state) if n not in ours)
+    mapped = {from_disk_name(k): v for k, v in disk_state.items()}
+    unexpected = sorted(k for k in disk_state if from_disk_name(k) not in ours)
     missing = sorted(set(ours) - set(mapped))
     if unexpected or missing:
         raise ValueError(f"{where}: checkpoint does not fit the model config: "
@@ -267,6 +262,3 @@ def write_config(config, path: str | Path, dtype: str) -> None:
     write_json_atomic(path / "config.json", config_dict(config, dtype))
     write_json_atomic(path / "generation_config.json", {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
                                                          "pad_token_id": config.pad_token_id, "cache_implementation": "hybrid"})
-
-
-__all__ = ["from_disk_name", "to_disk_name", "read_config", "config_dict", "read_weights", "load_into", "write_weights", "write_config", "json"]

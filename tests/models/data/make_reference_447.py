@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -42,10 +43,8 @@ def reference_inputs() -> dict:
             "attention_mask": (ids != 0).long(), "prompt": torch.tensor([prompt] * B)}
 
 
-def reference_actions() -> "np.ndarray":
+def reference_actions() -> np.ndarray:
     """Normalised (n, 7) actions: a grid through [-1, 1] per axis, exact bin-range ends, and the gripper at 0 / 0.5 / 1."""
-    import numpy as np
-
     g = np.random.default_rng(0)
     a = np.clip(g.normal(0, 0.5, (200, 7)), -1.2, 1.2)
     a[:8, :6] = np.array([-1.0, 1.0, 0.0, 0.999, -0.999, 1e-9, -1e-9, 0.5])[:, None]
@@ -55,10 +54,9 @@ def reference_actions() -> "np.ndarray":
 
 def tokenizer_reference(repo: Path) -> dict:
     """The authors' action tokenizer with the grid fitted from their scripts/gs_bridge.json: encode / decode."""
+    from model.action_tokenizer import SpatialActionTokenizer
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
-
-    from model.action_tokenizer import SpatialActionTokenizer
 
     base = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}, unk_token="<unk>")))
     action_config = json.loads((repo / "scripts" / "action_config.json").read_text())
@@ -73,10 +71,9 @@ def tokenizer_reference(repo: Path) -> dict:
 
 
 def main(out: str) -> None:
-    from transformers import BeitConfig, ZoeDepthConfig
-
     from model.configuration_spatialvla import SpatialVLAConfig
     from model.modeling_spatialvla import SpatialVLAForConditionalGeneration
+    from transformers import BeitConfig, ZoeDepthConfig
 
     V = 301 + 8194
     beit = BeitConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=384, patch_size=16,
