@@ -8,7 +8,7 @@ The loop, in one screen:
         loss   = L_action + λ · L_reasoning            (models/objective.refinevla_loss)
         backward, clip, AdamW, warmup-then-linear LR
         log losses / accuracies / LR / throughput to MLflow
-        every save_steps and at the end: checkpoint (weights, processor, optimizer, scheduler, history)
+        every save_steps and at the end: checkpoint (weights, processor, optimizer, scheduler, RNG, history)
 
 Frozen: ZoeDepth always; vision tower + Ego3D MLP, input embeddings and the first N Gemma2 layers (path filters, logged). A run
 directory holds one configuration; re-running resumes from its latest checkpoint (weights, optimizer,
@@ -137,10 +137,36 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, opt, sched, hist
     else:
         model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}, tmp / "trainer_state.pt")
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history, "rng": _rng_state()},
+               tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
+
+
+def _rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) generator states: dropout or sampling after a resume continue the same
+    streams (the data order and augmentation are already a function of the step)."""
+    import random
+
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -338,6 +364,8 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["step"], state["history"]
+        if "rng" in state:
+            _set_rng_state(state["rng"])
         log.info("resuming %s at step %d of %d", run_dir, start, total)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
