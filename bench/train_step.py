@@ -7,7 +7,8 @@ real objective on random images and a sequence of SpatialVLA's length (256 image
 reasoning tokens, 12 action tokens, <eos>), bf16 autocast as in fine-tuning, and prints peak GPU memory
 (`torch.cuda.max_memory_allocated`) and seconds per step for: full (vision + first N layers frozen), full
 with gradient checkpointing, LoRA r=32, LoRA with gradient checkpointing.
-Without a GPU: counts the parameters on the meta device and prints the memory that weights, gradients and
+samples/s, tokens/s and MFU are printed beside them. On CPU with `--shape tiny`: samples/s, tokens/s and peak RSS of
+full fine-tuning steps. Without a GPU and `--shape 4b`: counts the parameters on the meta device and prints the memory that weights, gradients and
 AdamW states take in each setting (a floor: activations come on top), labelled as an estimate.
 """
 
@@ -67,7 +68,11 @@ def measure(args) -> None:
 
     seq = 256 + 24 + 244 + 13
     print(f"{torch.cuda.get_device_name()}; shape {args.shape}; batch {args.batch}; sequence {seq}; bf16 autocast")
-    print(f"{'setting':>30} | {'peak GB':>8} | {'s/step':>7}")
+    from tasks.finetune import PEAK_BF16_FLOPS
+
+    name_gpu = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name_gpu), None)
+    print(f"{'setting':>30} | {'peak GB':>8} | {'s/step':>7} | {'samples/s':>9} | {'tokens/s':>9} | {'MFU':>5}")
     for name, lora, ckpt in (("full", False, False), ("full + grad. checkpointing", False, True), ("LoRA r=32", True, False),
                              ("LoRA r=32 + grad. checkpointing", True, True)):
         torch.cuda.empty_cache()
@@ -83,20 +88,61 @@ def measure(args) -> None:
         kinds[:, 280:-13], kinds[:, -13:] = 1, 2
         labels = torch.where(kinds > 0, ids, -100)
         pixels = torch.rand(args.batch, 3, 224, 224, device="cuda")
+        intrinsic = torch.tensor([[218.26, 0, 111.8], [0, 291.0, 111.8], [0, 0, 1]], device="cuda").expand(args.batch, 3, 3)
+        types = (kinds > 0).long()
         times = []
         for _ in range(args.steps):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids), logits_to_keep=seq - 280 + 1)
+                out = model(input_ids=ids, pixel_values=pixels, intrinsic=intrinsic, attention_mask=torch.ones_like(ids), token_type_ids=types,
+                            logits_to_keep=seq - 280 + 1)
             refinevla_loss(out.logits, labels, kinds, 0.5).total.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        print(f"{name:>30} | {torch.cuda.max_memory_allocated() / 1e9:8.1f} | {min(times):7.2f}")
+        dt = min(times)
+        n_total = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        tok = args.batch * seq / dt
+        mfu = f"{(4 * n_total + 2 * n_train) * tok / peak:5.2f}" if peak else "  n/a"
+        print(f"{name:>30} | {torch.cuda.max_memory_allocated() / 1e9:8.1f} | {dt:7.2f} | {args.batch / dt:9.1f} | {tok:9.0f} | {mfu}")
         del model, opt, out
     print("bf16 weights instead of fp32 master weights, or an 8-bit optimizer (--finetune.optimizer adamw8bit), lower these further.")
+
+
+def measure_cpu(args) -> None:
+    """The tiny shape on CPU, fp32: samples/s, tokens/s and peak resident memory of full fine-tuning steps."""
+    import resource
+
+    import torch
+
+    from models.objective import refinevla_loss
+
+    seq = 256 + 24 + 64 + 13  # the demo keeps up to 64 reasoning tokens in tests; 244 in the paper
+    model = settings(build("tiny", "cpu"), min(args.freeze_layers, 1), False).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    ids = torch.randint(0, 1000, (args.batch, seq))
+    ids[:, :256] = VOCAB["tiny"] - 8195
+    kinds = torch.zeros_like(ids)
+    kinds[:, 280:-13], kinds[:, -13:] = 1, 2
+    labels = torch.where(kinds > 0, ids, -100)
+    pixels = torch.rand(args.batch, 3, 224, 224)
+    intrinsic = torch.tensor([[218.26, 0, 111.8], [0, 291.0, 111.8], [0, 0, 1]]).expand(args.batch, 3, 3)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, pixel_values=pixels, intrinsic=intrinsic, attention_mask=torch.ones_like(ids), token_type_ids=(kinds > 0).long(),
+                    logits_to_keep=seq - 280 + 1)
+        refinevla_loss(out.logits, labels, kinds, 0.5).total.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    dt = min(times)
+    print(f"CPU ({torch.get_num_threads()} threads); shape tiny; batch {args.batch}; sequence {seq}; fp32; MFU n/a (no CPU peak)")
+    print(f"s/step {dt:.2f} | samples/s {args.batch / dt:.1f} | tokens/s {args.batch * seq / dt:.0f} | "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 
 def main() -> None:
@@ -108,7 +154,12 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    measure(args) if torch.cuda.is_available() else estimate(args)
+    if torch.cuda.is_available():
+        measure(args)
+    elif args.shape == "tiny":
+        measure_cpu(args)
+    else:
+        estimate(args)
 
 
 if __name__ == "__main__":

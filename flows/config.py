@@ -72,13 +72,18 @@ PRESETS: dict[str, PipelineConfig] = {
     # and freezes only the vision tower and the first of its 4 layers; with the paper's freezing of random
     # weights it does not learn in a demo's time (measured: README, "Performance").
     "demo": PipelineConfig(),
-    # The paper's recipe (Table 7): Gemini teacher, a SpatialVLA checkpoint, lr 2e-5, batch 32, one epoch.
+    # The paper's recipe (Table 7): Gemini teacher, a SpatialVLA checkpoint, lr 2e-5, per-device batch 32, one epoch,
+    # a checkpoint every 500 steps, 224 px images (the checkpoint's processor), 12 action tokens (4 steps x 3),
+    # reasoning up to 244 tokens, bf16, gradient checkpointing, AdamW with SpatialVLA's warm-up ratio 0.005.
+    # λ = 0.5 and 12 of Gemma2-2B's 26 layers frozen: the paper's own values were lost in extraction (README).
     # Point it at data and weights: refinevla run --preset paper --dataset DIR:train,val --finetune.base-model DIR
     "paper": PipelineConfig(
         run_name="refinevla-bridge",
         annotate=AnnotateConfig(teacher=TeacherConfig(kind="gemini"), max_workers=16),
         finetune=FinetuneConfig(base_model="checkpoints/spatialvla-4b-224-pt", learning_rate=2e-5, batch_size=32, max_steps=None,
-                                epochs=1.0, save_steps=500, warmup_ratio=0.005, freeze_embeddings=True, freeze_first_n_layers=12),
+                                epochs=1.0, save_steps=500, warmup_ratio=0.005, freeze_embeddings=True, freeze_first_n_layers=12,
+                                reasoning_weight=0.5, max_reasoning_tokens=244, action_chunk_size=4, precision="bf16-mixed",
+                                gradient_checkpointing=True),
         simpler=SimplerConfig(mode="full"),  # SimplerEnv's protocol: Tables 1 and 2
     ),
 }

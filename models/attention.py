@@ -21,6 +21,8 @@ def attention_rows(model, batch: dict, query_positions: list[int], key_positions
     key columns. Memory-safe on the 4 B model: a hook on every attention module keeps only those rows and
     columns of its layer's weights as the forward pass goes, so no layer's full (heads, S, S) map outlives
     its layer. Eager attention for this pass only (SDPA/FlashAttention do not return weights)."""
+    from models.spatialvla.processing_spatialvla import SpatialVLAProcessor
+
     q, k = torch.tensor(query_positions), torch.tensor(key_positions)
     rows: list[torch.Tensor] = []
 
@@ -31,7 +33,7 @@ def attention_rows(model, batch: dict, query_positions: list[int], key_positions
     previous = model.config.text_config._attn_implementation
     model.language_model.set_attn_implementation("eager")
     try:
-        model(input_ids=batch["input_ids"][:1], pixel_values=batch["pixel_values"][:1], attention_mask=batch["attention_mask"][:1],
+        model(**{k: v[:1] for k, v in SpatialVLAProcessor.model_inputs(batch).items()},
               logits_to_keep=1)
     finally:
         model.language_model.set_attn_implementation(previous)

@@ -66,11 +66,34 @@ def refinevla_loss(logits: torch.Tensor, labels: torch.Tensor, token_kinds: torc
     return LossParts(action + reasoning_weight * reasoning, action, reasoning, a_ok, a_n, r_ok, r_n)
 
 
+def action_l1(logits: torch.Tensor, labels: torch.Tensor, token_kinds: torch.Tensor, begin: int, action_tokenizer) -> float:
+    """Mean L1, in normalised action units, between the greedy (argmax) action tokens and the labels' actions.
+
+    Teacher-forced like the accuracies: position t's argmax predicts token t+1; each id is clipped into its
+    slot's range by the grid decoder. Rows whose action tokens are cut off by the logits window are skipped."""
+    k = logits.shape[1]
+    targets, kinds = labels[:, -k:][:, 1:], token_kinds[:, -k:][:, 1:]
+    is_action = (kinds == TOKEN_ACTION) & (targets >= begin)
+    pred = logits[:, :-1].argmax(-1)
+    errors = []
+    for row in range(len(targets)):
+        t, p = targets[row][is_action[row]], pred[row][is_action[row]]
+        if len(t) == 0 or len(t) % 3:
+            continue
+        a = action_tokenizer.decode((t - begin).view(-1, 3).cpu().numpy())
+        b = action_tokenizer.decode((p - begin).clamp(min=0).view(-1, 3).cpu().numpy())
+        errors.append(abs(a - b).mean())
+    return float(sum(errors) / len(errors)) if errors else float("nan")
+
+
 def freeze_filters(freeze_vision: bool, freeze_embeddings: bool, freeze_first_n_layers: int) -> list[str]:
-    """Regexes over parameter names of `SpatialVLAForConditionalGeneration` that select frozen weights."""
-    filters = []
+    """Regexes over parameter names of `SpatialVLAForConditionalGeneration` that select frozen weights.
+
+    ZoeDepth is always frozen (SpatialVLA never trains it); `freeze_vision` covers SigLIP and the Ego3D
+    position MLP (the whole image path before the projector)."""
+    filters = [r"^vision_zoe_model\."]
     if freeze_vision:
-        filters.append(r"^vision_tower\.")
+        filters += [r"^vision_tower\.", r"^position_embedding_3d\."]
     if freeze_embeddings:  # the input table; `spatial_embed_tokens` stays trainable as in SpatialVLA
         filters.append(r"^language_model\.model\.embed_tokens\.")
     if freeze_first_n_layers > 0:

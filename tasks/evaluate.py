@@ -72,7 +72,7 @@ def run_evaluate(checkpoint: str | Path, data_dirs: list[str | Path], out_dir: s
         batch = {k: v.to(device) for k, v in proc.collate([samples[i] for i in idx]).items()}
         k = labelled_window(batch["labels"])
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"], logits_to_keep=k).logits
+            logits = model(**proc.model_inputs(batch), logits_to_keep=k).logits
         L = batch["input_ids"].shape[1]
         for j, i in enumerate(idx):
             rec = samples.records[i]

@@ -8,9 +8,9 @@ The loop, in one screen:
         loss   = L_action + λ · L_reasoning            (models/objective.refinevla_loss)
         backward, clip, AdamW, warmup-then-linear LR
         log losses / accuracies / LR / throughput to MLflow
-        every save_steps and at the end: checkpoint (weights, processor, optimizer, scheduler, history)
+        every save_steps and at the end: checkpoint (weights, processor, optimizer, scheduler, RNG, history)
 
-Frozen: vision tower, input embeddings and the first N Gemma2 layers (path filters, logged). A run
+Frozen: ZoeDepth always; vision tower + Ego3D MLP, input embeddings and the first N Gemma2 layers (path filters, logged). A run
 directory holds one configuration; re-running resumes from its latest checkpoint (weights, optimizer,
 scheduler and data position: the stream skips what earlier steps consumed without decoding it), and a
 finished run is not trained again.
@@ -59,6 +59,7 @@ class FinetuneConfig(BaseModel):
     max_steps: int | None = Field(80, ge=1, description="Total optimizer steps (None: from epochs).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     save_steps: int = Field(40, ge=1, description="Checkpoint every N steps and at the end (paper: 500).")
+    action_first: bool = Field(False, description="Target order: action tokens, then reasoning, then <eos> (inference may stop after the actions); default: reasoning first (the paper).")
     max_reasoning_tokens: int = Field(244, ge=0, description="Reasoning tokens kept per sample (paper: 244).")
     action_chunk_size: int = Field(4, ge=1, description="Future actions per sample (SpatialVLA: 4, i.e. 12 action tokens).")
     tokenizer_vocab_size: int = Field(1024, ge=300, description="BPE vocabulary learned for a fresh model (ignored for checkpoints).")
@@ -76,12 +77,22 @@ class FinetuneConfig(BaseModel):
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: 8-bit optimizer states (needs bitsandbytes and a GPU).")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda[:n]'.")
     precision: Literal["auto", "fp32", "bf16-mixed"] = Field("auto", description="'auto': bf16-mixed on CUDA, fp32 on CPU.")
+    nproc_per_node: int = Field(1, ge=1, description="Data-parallel processes: >1 launches `torchrun --standalone` (DDP; NCCL on GPUs, gloo on CPU); batch_size is per process (paper: 32 per device).")
+
+
+def _distributed() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _device_and_precision(cfg: FinetuneConfig) -> tuple[str, str]:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cuda" and _distributed():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
     precision = ("bf16-mixed" if device.startswith("cuda") else "fp32") if cfg.precision == "auto" else cfg.precision
     return device, precision
 
@@ -126,10 +137,36 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, opt, sched, hist
     else:
         model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}, tmp / "trainer_state.pt")
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history, "rng": _rng_state()},
+               tmp / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
+
+
+def _rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) generator states: dropout or sampling after a resume continue the same
+    streams (the data order and augmentation are already a function of the step)."""
+    import random
+
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -166,11 +203,25 @@ def _build_or_load(cfg: FinetuneConfig, train_dirs: list[Path], statistics: dict
         for r in rows:
             by_key.setdefault(r["unnorm_key"], []).append(r["action"])
         return build_student(cfg.base_model, texts, statistics, {k: np.stack(v) for k, v in by_key.items()}, cfg.tokenizer_vocab_size,
-                             cfg.min_sigma, cfg.max_reasoning_tokens, cfg.action_chunk_size, cfg.seed)
+                             cfg.min_sigma, cfg.max_reasoning_tokens, cfg.action_chunk_size, cfg.seed, cfg.action_first)
     model, processor = load_checkpoint(cfg.base_model)
     processor.statistics.update(statistics)  # new datasets' statistics join the checkpoint's
     processor.max_reasoning_tokens = cfg.max_reasoning_tokens
+    processor.action_first = cfg.action_first
     return model, processor
+
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12, "4090": 165e12}
+
+
+def _peak_flops(device: str, precision: str) -> float | None:
+    """Dense bf16 peak of the GPU by name (None on CPU or an unknown GPU: no MFU is logged)."""
+    import torch
+
+    if not device.startswith("cuda") or precision != "bf16-mixed":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
 def _param_counts(model) -> dict[str, int]:
@@ -218,15 +269,47 @@ def _batches(cfg: FinetuneConfig, train_dirs: list[Path], processor, done_steps:
         epoch, skip = epoch + 1, 0
 
 
+def _launch_torchrun(data_dirs: list[Path], run_dir: Path, cfg: FinetuneConfig, tracker: Tracker) -> dict:
+    """Run this stage as `torchrun --standalone --nproc_per_node N -m tasks.finetune --launch FILE`; rank 0 logs,
+    saves and writes the summary, which is returned here."""
+    import subprocess
+    import sys
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"data_dirs": [str(d) for d in data_dirs], "out_dir": str(run_dir), "cfg": cfg.model_dump(mode="json"),
+            "tracking": vars(tracker.ref) if tracker.ref is not None else None}
+    write_json_atomic(run_dir / "launch.json", spec)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc_per_node}", "-m", "tasks.finetune",
+           "--launch", str(run_dir / "launch.json")]
+    log.info("launching %s", " ".join(cmd))
+    done = subprocess.run(cmd, cwd=root, env=env)
+    if done.returncode != 0 or not (run_dir / "summary.json").exists():
+        raise RuntimeError(f"torchrun fine-tuning failed (exit {done.returncode}); see the log above; command: {' '.join(cmd)}")
+    return read_json(run_dir / "summary.json")
+
+
 def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), tracker: Tracker = Tracker(None)) -> dict:
     import torch
 
-    from models.objective import apply_freezing, freeze_filters, labelled_window, refinevla_loss
+    if cfg.nproc_per_node > 1 and not _distributed():
+        if cfg.lora:
+            raise ValueError("finetune.lora with nproc_per_node > 1 is not supported yet; use one process per run for LoRA")
+        return _launch_torchrun([Path(d) for d in data_dirs], Path(out_dir), cfg, tracker)
+    rank = torch.distributed.get_rank() if _distributed() else 0
+    main = rank == 0
+
+    from models.objective import action_l1, apply_freezing, freeze_filters, labelled_window, refinevla_loss
     from models.spatialvla.policy import load_checkpoint
 
     data_dirs, run_dir = [Path(d) for d in data_dirs], Path(out_dir)
     train_dirs = [d / "train" for d in data_dirs]
-    _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [str(d) for d in data_dirs], "data_fingerprint": fingerprint(train_dirs)})
+    if main:
+        _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [str(d) for d in data_dirs], "data_fingerprint": fingerprint(train_dirs)})
+    if _distributed():
+        torch.distributed.barrier()
     device, precision = _device_and_precision(cfg)
     statistics = merged_statistics(data_dirs)
     resume_from = latest_checkpoint(run_dir)
@@ -258,6 +341,11 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     if cfg.gradient_checkpointing:
         (model.get_base_model() if cfg.lora else model).language_model.gradient_checkpointing_enable()
     model.to(device).train()
+    core = model  # what is saved (DDP wraps it for the forward/backward)
+    if _distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     log.info("trainable %d / %d parameters (%s)", counts["params_trainable"], counts["params_total"], "LoRA" if cfg.lora else f"frozen by {filters}")
     first_epoch = _stream(cfg, train_dirs, processor, epoch=0)
     tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(first_epoch), "resolved_device": device, "resolved_precision": precision})
@@ -276,18 +364,21 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, history = state["step"], state["history"]
+        if "rng" in state:
+            _set_rng_state(state["rng"])
         log.info("resuming %s at step %d of %d", run_dir, start, total)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-    bar = tqdm(range(start + 1, total + 1), desc="finetune", unit="step", initial=start, total=total)
+    peak = _peak_flops(device, precision)
+    n_total, n_train = counts["params_total"], counts["params_trainable"]
+    bar = tqdm(range(start + 1, total + 1), desc="finetune", unit="step", initial=start, total=total, disable=not main)
     batches = _batches(cfg, train_dirs, processor, start)
     with tracker.system_metrics():
         for step in bar:
             t0 = time.perf_counter()
             batch = {k: v.to(device) for k, v in next(batches).items()}
             with autocast:
-                out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
-                            logits_to_keep=labelled_window(batch["labels"]))
+                out = model(**processor.model_inputs(batch), logits_to_keep=labelled_window(batch["labels"]))
             parts = refinevla_loss(out.logits, batch["labels"], batch["token_kinds"], cfg.reasoning_weight)
             parts.total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
@@ -300,19 +391,39 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
                 "action_token_acc": parts.action_accuracy, "reasoning_token_acc": parts.reasoning_accuracy,
                 "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0],
                 "samples_per_s": len(batch["input_ids"]) / dt, "tokens_per_s": int(batch["attention_mask"].sum()) / dt,
+                "action_l1": action_l1(out.logits.detach(), batch["labels"], batch["token_kinds"], processor.action_token_begin_idx,
+                                       processor.action_tokenizer),
             }
+            if peak:  # forward over all weights, backward through all activations and into the trainable weights
+                metrics["mfu"] = (4 * n_total + 2 * n_train) * metrics["tokens_per_s"] / peak
+            if device.startswith("cuda"):
+                metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
             history.append({"step": step, **metrics})
             tracker.log_metrics(metrics, step)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", act=f"{metrics['action_token_acc']:.2f}")
             if step % cfg.save_steps == 0 or step == total:
-                save_checkpoint(run_dir, step, model, processor, opt, sched, history, cfg.lora)
+                if main:
+                    save_checkpoint(run_dir, step, core, processor, opt, sched, history, cfg.lora)
+                if _distributed():
+                    torch.distributed.barrier()
 
     checkpoint = latest_checkpoint(run_dir)
+    if not main:
+        return {"checkpoint": str(checkpoint), "rank": rank}
     curves = plot_curves(history, run_dir / "training_curves.png")
     tracker.log_artifact(curves)
+    if checkpoint is not None:  # the final checkpoint, with the data and settings that made it
+        import json
+
+        tracker.register_model(f"refinevla-{run_dir.name}", checkpoint, {
+            "datasets": ",".join(str(d) for d in data_dirs), "data_fingerprint": fingerprint(train_dirs), "step": str(total),
+            "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)})
     last = history[-1] if history else {}
     summary = {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "steps": total, "resumed_from": start, "train_samples": len(first_epoch),
                **counts, "curves": str(curves), **{f"final_{k}": v for k, v in last.items() if k != "step"}}
+    if _distributed():
+        summary["world_size"] = torch.distributed.get_world_size()
+        write_json_atomic(run_dir / "summary.json", summary)
     log.info("fine-tuned %d steps → %s (loss %.3f)", total, checkpoint, last.get("loss", float("nan")))
     return summary
 
@@ -321,3 +432,25 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
 def finetune_task(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig, tracking: RunRef | None = None) -> dict:
     with stage_run(tracking, "finetune", cfg) as tracker:
         return run_finetune(data_dirs, out_dir, cfg, tracker)
+
+
+def _worker(launch: str) -> None:
+    """One torchrun process: join the group, run the stage, leave."""
+    import torch
+
+    spec = read_json(launch)
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        ref = spec["tracking"]
+        tracker = Tracker(RunRef(**ref) if ref and torch.distributed.get_rank() == 0 else None)
+        run_finetune(spec["data_dirs"], spec["out_dir"], FinetuneConfig(**spec["cfg"]), tracker)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="torchrun entry point of the fine-tune stage (launched by run_finetune)")
+    ap.add_argument("--launch", required=True, help="launch.json written by run_finetune")
+    _worker(ap.parse_args().launch)

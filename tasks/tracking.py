@@ -96,6 +96,23 @@ class Tracker:
         if self.active and Path(path).exists():
             self._client.log_artifact(self.ref.run_id, str(path), artifact_path)
 
+    def register_model(self, name: str, path: str | Path, tags: dict[str, str]) -> str | None:
+        """A new version of registered model `name` pointing at checkpoint directory `path`; returns the version."""
+        if not self.active:
+            return None
+        import re
+
+        from mlflow.exceptions import MlflowException
+
+        name = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+        try:
+            self._client.get_registered_model(name)
+        except MlflowException:
+            self._client.create_registered_model(name, description="ReFineVLA fine-tuned SpatialVLA checkpoints (SpatialVLA 4.47 layout)")
+        version = self._client.create_model_version(name, Path(path).resolve().as_uri(), run_id=self.ref.run_id,
+                                                    tags={k: str(v)[:5000] for k, v in tags.items()})
+        return str(version.version)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:
             for k, v in tags.items():

@@ -4,10 +4,15 @@ Sequence layout (SpatialVLA's, with ReFineVLA's reasoning in the suffix):
 
     prefix  = <image> x N, <bos>, tokens(instruction.lower() + "\\n")            not labelled
     suffix  = tokens(reasoning)[:max_reasoning_tokens], 12 action tokens, <eos>  labelled
+              (`action_first`: 12 action tokens, reasoning, <eos>; inference can stop after the actions)
 
 `token_kinds` marks each position: 0 prefix/padding, 1 reasoning, 2 action (the closing <eos> counts as
 action, as in SpatialVLA whose labels are the action tokens plus <eos>). Actions are normalised with the
 dataset's q01/q99 statistics (`statistics[unnorm_key]`) before the grid tokenizer sees them.
+
+`token_type_ids` (PaliGemma's): 0 on the real prefix, 1 on the suffix and on padding (so padding stays masked;
+see modeling_spatialvla). `intrinsic`: the dataset's camera matrix from `intrinsic_config[unnorm_key]`
+(fallback "default"), rows 0 and 1 scaled to the model's image size, as SpatialVLA's processor does.
 
 Files written by `save_pretrained` (names and keys as in SpatialVLA checkpoints): processor_config.json
 (action_chunk_size, action_config, bin_policy, intrinsic_config, statistics, ...),
@@ -29,7 +34,7 @@ from models.spatialvla.action_tokenizer import NUM_BINS, TOKENS_PER_STEP, Spatia
 
 TOKEN_PREFIX, TOKEN_REASONING, TOKEN_ACTION = 0, 1, 2
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0, 1, 2, 3 as in Gemma
-# SpatialVLA's scripts/intrinsics.json "default" (640x480); only carried until Ego3D arrives (issue #5).
+# SpatialVLA's scripts/intrinsics.json "default" (640x480), used for datasets without their own entry.
 DEFAULT_INTRINSICS = {"default": {"intrinsic": [[623.588, 0, 319.5], [0, 623.588, 239.5], [0, 0, 1]], "height": 480, "width": 640}}
 
 
@@ -65,6 +70,10 @@ class SpatialVLAProcessor:
         max_reasoning_tokens: int = 244,
         intrinsic_config: dict | None = None,
         min_sigma: float = 0.0,
+        action_first: bool = False,
+        action_config: dict | None = None,
+        num_obs_steps: int = 1,
+        obs_delta: int = 1,
     ):
         self.tokenizer = tokenizer
         self.statistics = statistics
@@ -76,6 +85,9 @@ class SpatialVLAProcessor:
         self.max_reasoning_tokens = max_reasoning_tokens
         self.intrinsic_config = intrinsic_config or DEFAULT_INTRINSICS
         self.min_sigma = min_sigma
+        self.action_first = action_first
+        self.action_config = action_config or {"num_bins": {**NUM_BINS, "total": 8194}, "use_spherical": True}
+        self.num_obs_steps, self.obs_delta = num_obs_steps, obs_delta
         self.image_token_index = tokenizer.convert_tokens_to_ids("<image>")
         self.action_token_begin_idx = tokenizer.convert_tokens_to_ids("<ACTION00000>")
         if self.action_token_begin_idx != self.image_token_index + 1:
@@ -109,6 +121,16 @@ class SpatialVLAProcessor:
         """(..., chunk, 3) grid ids → (..., chunk, 7) actions in the dataset's units (gripper 0/1)."""
         return unnormalize(self.action_tokenizer.decode(grid_ids), self._stats(unnorm_key))
 
+    def intrinsic(self, unnorm_key: str | None) -> torch.Tensor:
+        """(3, 3) camera matrix for the dataset, scaled from its recorded image size to the model's."""
+        entry = self.intrinsic_config.get(unnorm_key) if unnorm_key else None
+        entry = entry or self.intrinsic_config.get("default")
+        if entry is None:
+            raise KeyError(f"intrinsic_config has neither '{unnorm_key}' nor 'default' (keys: {sorted(self.intrinsic_config)})")
+        k = torch.tensor(entry["intrinsic"], dtype=torch.float32)
+        k[:2] *= torch.tensor([self.image_size / entry["width"], self.image_size / entry["height"]])[:, None]
+        return k
+
     def _stats(self, unnorm_key: str) -> dict:
         if unnorm_key not in self.statistics:
             raise KeyError(f"no statistics for unnorm_key '{unnorm_key}'; this checkpoint has {sorted(self.statistics)}")
@@ -119,12 +141,19 @@ class SpatialVLAProcessor:
         prefix = self.prompt_ids(instruction)
         why = self.reasoning_ids(reasoning)
         act = (self.action_grid_ids(actions, unnorm_key).reshape(-1) + self.action_token_begin_idx).tolist()
-        suffix = why + act + [self.tokenizer.eos_token_id]
+        eos = [self.tokenizer.eos_token_id]
+        if self.action_first:  # <eos> closes the sequence, so it is the last reasoning token (action if there is no trace)
+            suffix = act + why + eos
+            kinds = [TOKEN_ACTION] * len(act) + [TOKEN_REASONING] * len(why) + [TOKEN_REASONING if why else TOKEN_ACTION]
+        else:
+            suffix = why + act + eos
+            kinds = [TOKEN_REASONING] * len(why) + [TOKEN_ACTION] * (len(act) + 1)
         return {
             "input_ids": torch.tensor(prefix + suffix),
             "labels": torch.tensor([-100] * len(prefix) + suffix),
-            "token_kinds": torch.tensor([TOKEN_PREFIX] * len(prefix) + [TOKEN_REASONING] * len(why) + [TOKEN_ACTION] * (len(act) + 1)),
+            "token_kinds": torch.tensor([TOKEN_PREFIX] * len(prefix) + kinds),
             "pixel_values": self.pixels(image),
+            "intrinsic": self.intrinsic(unnorm_key),
         }
 
     def collate(self, samples: list[dict]) -> dict:
@@ -136,19 +165,31 @@ class SpatialVLAProcessor:
 
         input_ids = pad("input_ids", self.tokenizer.pad_token_id)
         lengths = torch.tensor([len(s["input_ids"]) for s in samples])
+        attention_mask = (torch.arange(n)[None, :] < lengths[:, None]).long()
+        kinds = pad("token_kinds", TOKEN_PREFIX)
         return {
             "input_ids": input_ids,
-            "attention_mask": (torch.arange(n)[None, :] < lengths[:, None]).long(),
+            "attention_mask": attention_mask,
+            "token_type_ids": ((kinds != TOKEN_PREFIX) | (attention_mask == 0)).long(),
             "labels": pad("labels", -100),
-            "token_kinds": pad("token_kinds", TOKEN_PREFIX),
+            "token_kinds": kinds,
             "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+            "intrinsic": torch.stack([s["intrinsic"] if "intrinsic" in s else self.intrinsic(None) for s in samples]),
         }
 
-    def inference_inputs(self, images: list, instructions: list[str]) -> dict:
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        """The model's keyword arguments from a collated batch (labels stay out: the objective splits them)."""
+        keys = ("input_ids", "pixel_values", "intrinsic", "attention_mask", "token_type_ids")
+        return {k: batch[k] for k in keys if k in batch}
+
+    def inference_inputs(self, images: list, instructions: list[str], unnorm_keys: list[str | None] | None = None) -> dict:
         ids = [self.prompt_ids(t) for t in instructions]
         if len({len(i) for i in ids}) != 1:
             raise ValueError("batched inference needs prompts of equal length; run them one by one")
-        return {"input_ids": torch.tensor(ids), "pixel_values": torch.stack([self.pixels(im) for im in images])}
+        keys = unnorm_keys or [None] * len(images)
+        return {"input_ids": torch.tensor(ids), "pixel_values": torch.stack([self.pixels(im) for im in images]),
+                "intrinsic": torch.stack([self.intrinsic(k) for k in keys])}
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, path: str | Path) -> None:
@@ -160,14 +201,16 @@ class SpatialVLAProcessor:
             {
                 "processor_class": "SpatialVLAProcessor",
                 "action_chunk_size": self.action_chunk_size,
-                "action_config": {"num_bins": {**NUM_BINS, "total": 8194}, "use_spherical": True},
+                "auto_map": {"AutoProcessor": "processing_spatialvla.SpatialVLAProcessor"},
+                "action_config": self.action_config,
                 "bin_policy": self.bin_policy,
                 "intrinsic_config": self.intrinsic_config,
                 "statistics": self.statistics,
                 "min_sigma": self.min_sigma,
-                "num_obs_steps": 1,
-                "obs_delta": 1,
+                "num_obs_steps": self.num_obs_steps,
+                "obs_delta": self.obs_delta,
                 "max_reasoning_tokens": self.max_reasoning_tokens,
+                "action_first": self.action_first,
             },
         )
         write_json_atomic(
@@ -205,6 +248,10 @@ class SpatialVLAProcessor:
             max_reasoning_tokens=cfg.get("max_reasoning_tokens", 244),
             intrinsic_config=cfg.get("intrinsic_config"),
             min_sigma=cfg.get("min_sigma", 0.0),
+            action_first=cfg.get("action_first", False),
+            action_config=cfg.get("action_config"),
+            num_obs_steps=cfg.get("num_obs_steps", 1),
+            obs_delta=cfg.get("obs_delta", 1),
         )
 
     @property

@@ -44,3 +44,20 @@ def test_rejects_a_malformed_bin_policy():
     policy["rotation"]["yaw_bins"] = policy["rotation"]["yaw_bins"][:-1]
     with pytest.raises(ValueError, match="yaw_bins: expected 17"):
         SpatialActionTokenizer(policy)
+
+
+def test_matches_the_authors_tokenizer_on_their_bridge_grid():
+    """Grid ids and decoded actions equal those of SpatialVLA's own tokenizer (recorded by
+    tests/models/data/make_reference_447.py) on the bin edges it fits from its scripts/gs_bridge.json."""
+    import json
+    from pathlib import Path
+
+    ref = json.loads((Path(__file__).parent / "data" / "spatialvla_tiny_447.json").read_text())["action_tokenizer"]
+    spec = __import__("importlib.util").util.spec_from_file_location("mk", Path(__file__).parent / "data" / "make_reference_447.py")
+    mk = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    tok = SpatialActionTokenizer(ref["bin_policy"])
+    ids = tok.encode(mk.reference_actions())
+    np.testing.assert_array_equal(ids, np.array(ref["grid_ids"]))
+    np.testing.assert_allclose(tok.decode(ids), np.array(ref["decoded"]), atol=1e-6)
+    np.testing.assert_array_equal(tok.encode(tok.decode(ids))[:, 1:], ids[:, 1:])  # rotation and gripper round-trip exactly

@@ -55,8 +55,7 @@ def test_hooked_extraction_equals_the_models_own_attention_and_hand_set_attentio
     rows = attention_rows(model, batch, queries, image)
     model.language_model.set_attn_implementation("eager")
     with torch.no_grad():
-        full = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
-                     output_attentions=True).attentions
+        full = model(**proc.model_inputs(batch), output_attentions=True).attentions
     np.testing.assert_allclose(rows, torch.stack([a[0][:, queries][:, :, image] for a in full]).numpy(), atol=1e-6)
     # Hand-set: zero query projections make every score equal, so each query spreads its attention evenly
     # over the keys it may see; the image's 256 patches then get equal shares and the fused map is flat.

@@ -6,6 +6,7 @@ from data.training import StepSamples, split_dirs
 from models.lora import DEFAULT_TARGETS, apply_lora, load_adapter, save_adapter, save_merged
 from models.objective import freeze_filters, refinevla_loss
 from models.spatialvla.policy import load_checkpoint, predict
+from models.spatialvla.processing_spatialvla import SpatialVLAProcessor
 
 
 def _batch(proc, reasoning_dirs, n=2):
@@ -14,7 +15,7 @@ def _batch(proc, reasoning_dirs, n=2):
 
 
 def _loss(model, batch, weight=0.5):
-    out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"])
+    out = model(**SpatialVLAProcessor.model_inputs(batch))
     return refinevla_loss(out.logits, batch["labels"], batch["token_kinds"], weight)
 
 

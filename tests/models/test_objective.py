@@ -51,6 +51,8 @@ def test_freezing_keeps_frozen_weights_bit_identical(checkpoint):
     assert 0 < counts["params_trainable"] < counts["params_total"]
     frozen_names = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert any(n.startswith("vision_tower.") for n in frozen_names)
+    assert any(n.startswith("vision_zoe_model.") for n in frozen_names) and any(n.startswith("position_embedding_3d.") for n in frozen_names)
+    assert "spatial_embed_tokens.weight" not in frozen_names
     assert "language_model.model.layers.1.self_attn.q_proj.weight" in frozen_names
     assert "language_model.model.layers.2.self_attn.q_proj.weight" not in frozen_names
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -58,7 +60,7 @@ def test_freezing_keeps_frozen_weights_bit_identical(checkpoint):
     ids = torch.tensor([[proc.image_token_index] * 256 + [2, 10, 11, proc.action_token_begin_idx + 5, 1]])
     pixels = torch.rand(1, 3, 224, 224)
     for _ in range(2):
-        model(input_ids=ids, pixel_values=pixels).logits.float().square().mean().backward()
+        model(input_ids=ids, pixel_values=pixels, intrinsic=proc.intrinsic(None)[None]).logits.float().square().mean().backward()
         opt.step()
         opt.zero_grad()
     for n, p in model.named_parameters():
@@ -70,4 +72,4 @@ def test_freezing_keeps_frozen_weights_bit_identical(checkpoint):
 @pytest.mark.parametrize("n", [0, 3])
 def test_filters_name_only_what_is_asked(n):
     f = freeze_filters(False, False, n)
-    assert f == ([] if n == 0 else [r"^language_model\.model\.layers\.(0|1|2)\."])
+    assert f == [r"^vision_zoe_model\."] + ([] if n == 0 else [r"^language_model\.model\.layers\.(0|1|2)\."])

@@ -61,6 +61,7 @@ def test_training_writes_curves_and_history(checkpoint):
     assert [h["step"] for h in state["history"]] == [1, 2, 3, 4]
     h = state["history"][-1]
     assert h["loss"] == pytest.approx(h["loss_action"] + 0.5 * h["loss_reasoning"], rel=1e-5)
+    assert 0 <= h["action_l1"] <= 2 and h["samples_per_s"] > 0 and h["tokens_per_s"] > 0
     png = Image.open(checkpoint.parent / "training_curves.png")
     assert png.size[0] > 500
 
@@ -98,3 +99,14 @@ def test_attention_pngs_comparison_and_object_scores(tmp_path, checkpoint, reaso
         assert s["scored"] == 2 and 0 <= s["object_mass_mean"] <= 1 and 0 < s["uniform_mean"] < 1
     assert out["scores"]["step-4"]["per_step"] != out["scores"]["step-2"]["per_step"]
     assert "| step-2 | 2 of 2 |" in (tmp_path / "scores.md").read_text()
+
+
+def test_two_process_ddp_run_through_torchrun(tmp_path, reasoning_dirs):
+    """nproc_per_node=2 on CPU: torchrun + gloo; rank 0 saves a loadable checkpoint and reports the world size."""
+    from models.spatialvla.policy import load_checkpoint
+
+    cfg = FinetuneConfig(**{**TINY_FINETUNE, "batch_size": 2, "max_steps": 2, "save_steps": 2, "max_reasoning_tokens": 32, "nproc_per_node": 2})
+    s = run_finetune(reasoning_dirs, tmp_path / "ddp", cfg)
+    assert s["world_size"] == 2 and s["steps"] == 2 and s["checkpoint"].endswith("step-2")
+    assert [h["step"] for h in torch.load(tmp_path / "ddp" / "step-2" / "trainer_state.pt", weights_only=False)["history"]] == [1, 2]
+    load_checkpoint(tmp_path / "ddp" / "step-2")
