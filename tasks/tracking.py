@@ -109,8 +109,15 @@ class Tracker:
             self._client.get_registered_model(name)
         except MlflowException:
             self._client.create_registered_model(name, description="ReFineVLA fine-tuned SpatialVLA checkpoints (SpatialVLA 4.47 layout)")
-        version = self._client.create_model_version(name, Path(path).resolve().as_uri(), run_id=self.ref.run_id,
-                                                    tags={k: str(v)[:5000] for k, v in tags.items()})
+        tags = {k: str(v)[:5000] for k, v in tags.items()}
+        try:
+            version = self._client.create_model_version(name, Path(path).resolve().as_uri(), run_id=self.ref.run_id, tags=tags)
+        except MlflowException as e:
+            # A tracking server accepts no path of a worker's disk as a source: upload the checkpoint as the run's
+            # artifacts and register those instead (the version is then reachable by everyone who reaches the server).
+            log.info("the tracking server refused a local model source (%s); uploading %s as artifacts of run %s", e.error_code, path, self.ref.run_id)
+            self._client.log_artifacts(self.ref.run_id, str(path), "checkpoint")
+            version = self._client.create_model_version(name, f"runs:/{self.ref.run_id}/checkpoint", run_id=self.ref.run_id, tags=tags)
         return str(version.version)
 
     def set_tags(self, tags: dict[str, str]) -> None:

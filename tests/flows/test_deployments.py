@@ -206,6 +206,9 @@ def test_pipeline_from_the_cli_with_a_gpu_pool_and_shared_storage(ops):
     assert ft.data.tags["mlflow.parentRunId"] == top.info.run_id, "the GPU worker's run nests under the pipeline's run"
     assert client.get_metric_history(ft.info.run_id, "loss") or any(
         client.get_metric_history(r.info.run_id, "loss") for r in runs if r.data.tags.get("mlflow.parentRunId") == ft.info.run_id)
+    [version] = client.search_model_versions("name='refinevla-ops'")
+    assert version.source == f"runs:/{version.run_id}/checkpoint", "a server gets the checkpoint itself, not a worker's path"
+    assert "model.safetensors" in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(version.run_id, "checkpoint")}
     links = ops.post("/artifacts/filter", {"flow_runs": {"id": {"any_": [parent["id"]]}}, "artifacts": {"key": {"any_": ["mlflow-run"]}}})
     assert links and f"{ops.mlflow}/#/experiments/{top.info.experiment_id}/runs/{top.info.run_id})" in links[0]["data"]
 
