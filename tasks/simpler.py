@@ -2,7 +2,7 @@
 
 The protocol is data (`tasks/simpler_suites.py`, mirroring SimplerEnv's scripts); each (task, config) item is a
 Prefect task (`simpler_item_task`): retried on simulator crashes, cached on (checkpoint, item, settings, code),
-mapped in parallel; it writes its episodes to `items/<key>.parquet` (+ videos, traces), so a killed run resumes
+mapped in parallel; it writes its episodes to `items/<checkpoint key>-<mode>/<key>.parquet` (+ videos, traces), so a killed run resumes
 with the items it had not finished. A final step merges them into `episodes.parquet` and the tables
 (`tasks/simpler_report.py`). The episode loop is SimplerEnv's evaluator's: a new env per episode, run until the
 policy's terminate or time-limit truncation, a terminate before the final subtask advances the subtask, success
@@ -14,6 +14,8 @@ importable the stage is skipped with install instructions. `python -m tasks.simp
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
 import logging
@@ -255,13 +257,30 @@ def _model(checkpoint: str):
         return _MODELS[checkpoint]
 
 
+@functools.cache
+def checkpoint_key(checkpoint: str) -> str:
+    """A content key of a checkpoint's weights and configs (not its path: the same on every worker's mirror)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file() and p.name != "trainer_state.pt" and not p.name.startswith(".")):
+        h.update(f"{f.relative_to(checkpoint).as_posix()}:{f.stat().st_size}\n".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 16))
+    return h.hexdigest()[:12]
+
+
+def item_part(out_dir: str | Path, item: EvalConfig, checkpoint: str | Path, reason: bool) -> Path:
+    """Where one config's episodes go: per checkpoint and decoding mode, so evaluating another checkpoint (or
+    reason-then-act after action-only) into the same folder never reuses these results."""
+    return Path(out_dir) / "items" / f"{checkpoint_key(str(checkpoint))}-{'reason' if reason else 'act'}" / f"{item.key}.parquet"
+
+
 def run_item(checkpoint: str | Path, item: EvalConfig, out_dir: str | Path, opts: ItemOptions = ItemOptions(), make_env=None) -> dict:
-    """Run one (task, config): every episode, into `items/<key>.parquet` (+ videos, traces). A finished item is
+    """Run one (task, config): every episode, into `item_part(...)` (+ videos, traces). A finished item is
     read back, not re-run. `make_env(item, episode)` defaults to SimplerEnv's env builder."""
     from models.simpler_policy import SimplerPolicy
 
     out = Path(out_dir)
-    part = out / "items" / f"{item.key}.parquet"
+    part = item_part(out, item, checkpoint, opts.reason)
     if part.exists():
         return _item_summary(item, pd.read_parquet(part))
     if make_env is None:
@@ -277,7 +296,7 @@ def run_item(checkpoint: str | Path, item: EvalConfig, out_dir: str | Path, opts
         finally:
             if hasattr(env, "close"):
                 env.close()
-        stem = f"{item.key}/episode_{i:03d}"
+        stem = f"{part.parent.name}/{item.key}/episode_{i:03d}"
         video = trace_file = None
         if i < opts.videos and frames:
             video = f"videos/{stem}.gif"
@@ -318,7 +337,7 @@ def video_quota(items: list[EvalConfig], per_task: int) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------- merge and report
 def merge_results(out_dir: str | Path, items: list[EvalConfig], cfg: SimplerConfig, checkpoint: str, tracker: Tracker = Tracker(None)) -> dict:
     out = Path(out_dir)
-    parts = [out / "items" / f"{it.key}.parquet" for it in items]
+    parts = [item_part(out, it, checkpoint, cfg.reason) for it in items]
     missing = [p.name for p in parts if not p.exists()]
     if missing:
         raise RuntimeError(f"{len(missing)} SimplerEnv item(s) have no results: {missing[:5]}")
@@ -425,9 +444,9 @@ def run_item_isolated(checkpoint: str | Path, item: EvalConfig, out_dir: str | P
     from dataclasses import asdict
 
     out = Path(out_dir)
-    part = out / "items" / f"{item.key}.parquet"
+    part = item_part(out, item, checkpoint, opts.reason)
     if not part.exists():
-        spec = out / "items" / f".{item.key}.json"
+        spec = part.parent / f".{item.key}.json"
         write_json_atomic(spec, {"checkpoint": str(checkpoint), "item": asdict(item), "opts": asdict(opts)})
         run_child([sys.executable, "-m", "tasks.simpler", "run-item", str(spec), str(out)], f"SimplerEnv config {item.key}")
     return _item_summary(item, pd.read_parquet(part))

@@ -174,6 +174,8 @@ def test_episode_loop_results_and_tables(tmp_path, checkpoint):
 
     again = run_simpler(checkpoint, tmp_path, cfg, make_env=broken)  # resumes from items/*.parquet
     assert again["success"] == 1 / 3
+    with pytest.raises(AssertionError, match="not run again"):  # another decoding mode never reuses those results
+        run_simpler(checkpoint, tmp_path, cfg.model_copy(update={"reason": True}), make_env=broken)
 
 
 def test_terminate_before_final_subtask_advances_it(checkpoint):
@@ -257,7 +259,7 @@ def test_one_real_episode(tmp_path, checkpoint):
 
     item = expand("smoke", smoke_episodes=1, tasks=["widowx_carrot_on_plate"])[0]
     out = run_item(checkpoint, replace(item, max_episode_steps=5), tmp_path, ItemOptions(videos=1))
-    df = pd.read_parquet(next((tmp_path / "items").glob("*.parquet")))
+    df = pd.read_parquet(next((tmp_path / "items").rglob("*.parquet")))
     assert out["episodes"] == 1 and df["steps"][0] == 5 and df["instruction"][0] == "put carrot on plate"
 
 
