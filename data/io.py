@@ -113,21 +113,22 @@ def part_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
 
 
-def fingerprint(paths: Iterable[str | os.PathLike], extra: Any = None) -> str:
+def fingerprint(paths: Iterable[str | os.PathLike], extra: Any = None, portable: bool = False) -> str:
     """A content fingerprint of files: relative name, size, and a hash of the first and last 64 KiB.
 
     Rewriting a file with the same content keeps the fingerprint (mtimes are ignored), so an identical
     rebuild does not invalidate what depends on it. The tail covers Parquet footers (row-group metadata
     and statistics); TFRecord and Parquet files are always rewritten whole, never patched in the middle.
     Directories are walked recursively; hidden (temporary) files and folders are ignored. `extra` (JSON-able) is
-    folded in so one key covers inputs and settings.
+    folded in so one key covers inputs and settings. `portable`: only each root's last name enters the key, so
+    the same data mirrored under another folder (another worker) has the same fingerprint.
     """
     h = hashlib.sha256()
     for root in sorted(str(Path(p).resolve()) for p in paths):  # one file, one key, however the path is spelled
         base = Path(root)
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()) if base.exists() else []
         files = [f for f in files if f == base or not any(part.startswith(".") for part in f.relative_to(base).parts)]
-        h.update(f"root:{root}:{len(files)}\n".encode())
+        h.update(f"root:{base.name if portable else root}:{len(files)}\n".encode())
         for f in files:
             size = f.stat().st_size
             h.update(f"{f.relative_to(base) if f != base else f.name}:{size}\n".encode())

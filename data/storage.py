@@ -104,8 +104,8 @@ class Workspace:
             return {rel: self.fs.info(top)}
         return {f"{rel}/{Path(p).relative_to(top).as_posix()}": info for p, info in self.fs.find(top, detail=True).items()}
 
-    def pull(self, *rels: str | os.PathLike) -> int:
-        """Download what changed remotely under each relative path; returns the number of files fetched."""
+    def pull(self, *rels: str | os.PathLike, skip: tuple[str, ...] = ()) -> int:
+        """Download what changed remotely under each relative path, except files named in `skip`; returns the count."""
         if not self.remote:
             return 0
         fetched = 0
@@ -113,6 +113,8 @@ class Workspace:
             manifest = self._manifest()
             for rel in filter(None, map(self._relpath, rels)):
                 for name, info in self._remote_files(rel).items():
+                    if name.rsplit("/", 1)[-1] in skip:
+                        continue
                     ukey = self.fs.ukey(f"{self.base}/{name}")
                     dest = self.root / name
                     entry = manifest.get(name, {})
@@ -155,7 +157,7 @@ class Workspace:
     @contextlib.contextmanager
     def pushing(self, *paths: str | os.PathLike, every_s: float = 120.0) -> Iterator[None]:
         """Push `paths` every `every_s` seconds while the block runs (checkpoints of a long fine-tune reach
-        storage before the worker could die), and once more at the end when the block succeeds."""
+        storage before the worker could die), and once more at the end, also when the block fails."""
         if not self.remote:
             yield
             return
@@ -172,9 +174,14 @@ class Workspace:
         thread.start()
         try:
             yield
-        finally:
+        except BaseException:
             stop.set()
             thread.join()
+            with contextlib.suppress(Exception):  # keep what finished before the failure; report the failure itself
+                self.push(*paths)
+            raise
+        stop.set()
+        thread.join()
         self.push(*paths)
 
     def _relpath(self, path: str | os.PathLike) -> str | None:

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.report import ReportConfig
 
         data, evals, attention = view_inputs(args)
-        out = args.out or str(Path(args.workdir) / "reports" / "view")
+        out = args.out or ("reports/view" if "://" in args.workdir else str(Path(args.workdir) / "reports" / "view"))  # URI: relative to it
         result = fl.view_flow(out, data, evals, attention, settings(ReportConfig, args), args.workdir, tracking)
         print(json.dumps(result, indent=2, default=str))
         print(f"Open it: file://{Path(result['report']).resolve()}")
@@ -241,7 +241,11 @@ def view_inputs(args: argparse.Namespace) -> tuple[list[str], list[str], list[st
     folder of the working directory."""
     if args.data or args.eval_dirs or args.attention_dirs:
         return args.data, args.eval_dirs, args.attention_dirs
-    root = Path(args.workdir)
+    from data.storage import Workspace
+
+    ws = Workspace(args.workdir)  # a storage URI: look at this machine's copy of it, brought up to date
+    ws.pull("reasoning", "eval", "attention", skip=("trainer_state.pt",))
+    root = ws.root
 
     def subdirs(name: str) -> list[str]:
         return sorted(str(d) for d in (root / name).iterdir() if d.is_dir()) if (root / name).is_dir() else []

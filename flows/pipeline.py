@@ -134,26 +134,25 @@ def refinevla_pipeline(config: PipelineConfig = PRESETS["demo"]) -> dict:
             trained = synced(ws, [], [ckpt_dir], lambda: finetune_task.with_options(**opts)(data_dirs, str(ckpt_dir), config.finetune, run.ref))
         ckpt = trained["checkpoint"]
 
-        if config.dispatch.evaluate:
-            evaluated = dispatch(ws, config, config.dispatch.evaluate, evaluate_flow, eval_dir, run, checkpoint=ckpt, data_dirs=data_dirs,
-                                 cfg=config.evaluate, simpler=config.simpler)
-            simulated = evaluated.pop("simpler")
-        else:
-            ws.pull(eval_dir)
-            evaluated = evaluate_task.with_options(**opts).submit(ckpt, data_dirs, str(eval_dir), config.evaluate, run.ref)
-            simulated = simpler_task.with_options(**opts).submit(ckpt, str(eval_dir / "simpler"), config.simpler, simpler_available(), run.ref)
-        explain = config.attention.model_copy(update={
-            "object_boxes_from": config.attention.object_boxes_from or [d.path for d in datasets],
-            # before vs after: fine-tuning from a checkpoint directory compares with it
-            "compare_checkpoint": config.attention.compare_checkpoint or (config.finetune.base_model if Path(config.finetune.base_model).is_dir() else None),
-        })
-        ws.pull(attn_dir, layout.reports / config.run_name)
-        explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(attn_dir), explain, run.ref).result()
-        if not config.dispatch.evaluate:
-            evaluated, simulated = evaluated.result(), simulated.result()
-        reported = report_task.with_options(**opts)(str(layout.reports / config.run_name), data_dirs, [str(eval_dir)], [str(attn_dir)],
-                                                     config.report, run.ref)
-        ws.push(eval_dir, attn_dir, layout.reports / config.run_name, layout.prefect_results)
+        ws.pull(eval_dir, attn_dir, layout.reports / config.run_name)
+        with ws.pushing(eval_dir, attn_dir, layout.reports / config.run_name, layout.prefect_results):
+            if config.dispatch.evaluate:
+                evaluated = dispatch(ws, config, config.dispatch.evaluate, evaluate_flow, eval_dir, run, checkpoint=ckpt, data_dirs=data_dirs,
+                                     cfg=config.evaluate, simpler=config.simpler, report=config.report)
+                simulated = evaluated.pop("simpler")
+            else:
+                evaluated = evaluate_task.with_options(**opts).submit(ckpt, data_dirs, str(eval_dir), config.evaluate, run.ref)
+                simulated = simpler_task.with_options(**opts).submit(ckpt, str(eval_dir / "simpler"), config.simpler, simpler_available(), run.ref)
+            explain = config.attention.model_copy(update={
+                "object_boxes_from": config.attention.object_boxes_from or [d.path for d in datasets],
+                # before vs after: fine-tuning from a checkpoint directory compares with it
+                "compare_checkpoint": config.attention.compare_checkpoint or (config.finetune.base_model if Path(config.finetune.base_model).is_dir() else None),
+            })
+            explained = attention_task.with_options(**opts).submit(ckpt, data_dirs, str(attn_dir), explain, run.ref).result()
+            if not config.dispatch.evaluate:
+                evaluated, simulated = evaluated.result(), simulated.result()
+            reported = report_task.with_options(**opts)(str(layout.reports / config.run_name), data_dirs, [str(eval_dir)], [str(attn_dir)],
+                                                         config.report, run.ref)
 
         summary = {
             "workdir": config.workdir, "local_root": str(layout.root), "datasets": [d.path for d in datasets], "reasoning": data_dirs,
@@ -191,18 +190,34 @@ def dispatch(ws: Workspace, config: PipelineConfig, deployment: str, stage_flow,
     from prefect.deployments import run_deployment
 
     portable = {k: ws.portable(v) if not hasattr(v, "model_dump") else v for k, v in params.items()}
-    parameters = {**portable, "out_dir": ws.rel(out_dir), "workdir": config.workdir, "tracking": config.tracking, "parent_run_id": run.ref.run_id}
+    parameters = {
+        **portable, "out_dir": ws.rel(out_dir), "parent_run_id": run.ref.run_id, "refresh_cache": config.refresh_cache,
+        "workdir": config.workdir if ws.remote else str(ws.root),  # a relative local path means another folder elsewhere
+        "tracking": config.tracking.model_copy(update={"uri": run.ref.uri}),  # this run's store, whatever the worker's env says
+    }
     log.info("dispatching %s to deployment '%s'", stage_flow.name, deployment)
     child = run_deployment(deployment, parameters=parameters, timeout=config.dispatch.timeout_s)
-    if not child.state or not child.state.is_completed():
-        state = child.state.name if child.state else "unknown"
-        raise RuntimeError(f"deployment '{deployment}' (flow run {child.id}) ended {state}; its finished work is kept: run the pipeline again to resume")
-    ws.pull(out_dir)
-    result = read_json(out_dir / RESULT_FILE)
-    return ws.localize(result, PATH_KEYS)
+    if not child.state or not child.state.is_final():
+        _cancel(child.id)  # a later run must not race this one on the same folders
+        raise TimeoutError(f"deployment '{deployment}' (flow run {child.id}) did not finish within {config.dispatch.timeout_s}s; cancelled it")
+    if not child.state.is_completed():
+        raise RuntimeError(f"deployment '{deployment}' (flow run {child.id}) ended {child.state.name}; its finished work is kept: run the pipeline again to resume")
+    ws.pull(out_dir / RESULT_FILE)
+    result = ws.localize(read_json(out_dir / RESULT_FILE), PATH_KEYS)
+    # only what this flow reads next: the final checkpoint without its optimizer state, figures, tables
+    ws.pull(*(result[k] for k in PATH_KEYS if isinstance(result.get(k), str)), skip=("trainer_state.pt",))
+    return result
 
 
-PATH_KEYS = ("checkpoint", "run_dir", "curves", "results", "out_dir", "report")
+PATH_KEYS = ("checkpoint", "curves", "results", "out_dir", "report")
+
+
+def _cancel(flow_run_id) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelling(message="the dispatching pipeline stopped waiting"), force=True)
 
 
 def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: list[dict], annotated: list[dict]) -> None:
@@ -238,7 +253,8 @@ def _report(run: Tracker, summary: dict, trained: dict, evaluated: dict, built: 
 # One flow per stage, for `refinevla <stage>`: the same tasks, their own MLflow run.
 
 
-def _stage(ws: Workspace, tracking: TrackingConfig, name: str, call, inputs=(), outputs=(), parent_run_id: str | None = None):
+def _stage(ws: Workspace, tracking: TrackingConfig, name: str, call, inputs=(), outputs=(), parent_run_id: str | None = None,
+           refresh_cache: bool = False):
     """One stage as its own flow run: sync with shared storage around it, an MLflow run (nested under the
     pipeline's run when dispatched by it), and the result written beside the outputs for a dispatching flow."""
     layout = Layout(ws.root)
@@ -248,7 +264,7 @@ def _stage(ws: Workspace, tracking: TrackingConfig, name: str, call, inputs=(), 
     link_mlflow_run(run.ref)
     try:
         with ws.pushing(*outputs, layout.prefect_results):
-            result = call({"result_storage": layout.prefect_results}, run.ref)
+            result = call({"result_storage": layout.prefect_results, "refresh_cache": refresh_cache}, run.ref)
             if outputs and isinstance(result, dict):
                 write_json_atomic(Path(outputs[0]) / RESULT_FILE, ws.portable(result))
     except BaseException:
@@ -326,17 +342,18 @@ def build_flow(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig =
 
 @flow(name="refinevla-finetune")
 def finetune_flow(data_dirs: list[str], out_dir: str, cfg: FinetuneConfig = FinetuneConfig(), workdir: str = "work",
-                  tracking: TrackingConfig = TrackingConfig(), parent_run_id: str | None = None) -> dict:
+                  tracking: TrackingConfig = TrackingConfig(), parent_run_id: str | None = None, refresh_cache: bool = False) -> dict:
     """Fine-tune on GPU workers (the `finetune` deployment); resumes from the newest checkpoint in `out_dir`."""
     ws = Workspace(workdir)
     data, out = [str(ws.local(d)) for d in data_dirs], str(ws.local(out_dir))
-    return _stage(ws, tracking, "finetune", lambda o, ref: finetune_task.with_options(**o)(data, out, cfg, ref), data, [out], parent_run_id)
+    return _stage(ws, tracking, "finetune", lambda o, ref: finetune_task.with_options(**o)(data, out, cfg, ref), data, [out], parent_run_id,
+                  refresh_cache)
 
 
 @flow(name="refinevla-evaluate")
 def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: EvaluateConfig = EvaluateConfig(),
                   simpler: SimplerConfig = SimplerConfig(), workdir: str = "work", tracking: TrackingConfig = TrackingConfig(),
-                  report: ReportConfig = ReportConfig(), parent_run_id: str | None = None) -> dict:
+                  report: ReportConfig = ReportConfig(), parent_run_id: str | None = None, refresh_cache: bool = False) -> dict:
     """Offline metrics and SimplerEnv (the `evaluate` deployment runs on workers that have SimplerEnv)."""
     ws = Workspace(workdir)
     ckpt, data, out = str(ws.local(checkpoint)), [str(ws.local(d)) for d in data_dirs], str(ws.local(out_dir))
@@ -349,7 +366,7 @@ def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: Eval
         Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
         return {**offline, "simpler": sim, "report": page["report"]}
 
-    return _stage(ws, tracking, "evaluate", both, [ckpt, *data], [out, page_dir], parent_run_id)
+    return _stage(ws, tracking, "evaluate", both, [ckpt, *data], [out, page_dir], parent_run_id, refresh_cache)
 
 
 @flow(name="refinevla-attention")

@@ -307,7 +307,9 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     data_dirs, run_dir = [Path(d) for d in data_dirs], Path(out_dir)
     train_dirs = [d / "train" for d in data_dirs]
     if main:
-        _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [str(d) for d in data_dirs], "data_fingerprint": fingerprint(train_dirs)})
+        # names and content, not paths: a run resumed on another worker's mirror of shared storage is the same run
+        _check_run_dir(run_dir, {"config": cfg.model_dump(mode="json"), "data": [Path(d).name for d in data_dirs],
+                                 "data_fingerprint": fingerprint(train_dirs, portable=True)})
     if _distributed():
         torch.distributed.barrier()
     device, precision = _device_and_precision(cfg)
@@ -412,11 +414,11 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
         return {"checkpoint": str(checkpoint), "rank": rank}
     curves = plot_curves(history, run_dir / "training_curves.png")
     tracker.log_artifact(curves)
-    if checkpoint is not None:  # the final checkpoint, with the data and settings that made it
+    if checkpoint is not None and start < total:  # the final checkpoint, with the data and settings that made it (once)
         import json
 
         tracker.register_model(f"refinevla-{run_dir.name}", checkpoint, {
-            "datasets": ",".join(str(d) for d in data_dirs), "data_fingerprint": fingerprint(train_dirs), "step": str(total),
+            "datasets": ",".join(str(d) for d in data_dirs), "data_fingerprint": fingerprint(train_dirs, portable=True), "step": str(total),
             "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True)})
     last = history[-1] if history else {}
     summary = {"checkpoint": str(checkpoint), "run_dir": str(run_dir), "steps": total, "resumed_from": start, "train_samples": len(first_epoch),

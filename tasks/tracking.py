@@ -113,10 +113,13 @@ class Tracker:
         try:
             version = self._client.create_model_version(name, Path(path).resolve().as_uri(), run_id=self.ref.run_id, tags=tags)
         except MlflowException as e:
-            # A tracking server accepts no path of a worker's disk as a source: upload the checkpoint as the run's
-            # artifacts and register those instead (the version is then reachable by everyone who reaches the server).
-            log.info("the tracking server refused a local model source (%s); uploading %s as artifacts of run %s", e.error_code, path, self.ref.run_id)
-            self._client.log_artifacts(self.ref.run_id, str(path), "checkpoint")
+            if e.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            # A tracking server accepts no path of a worker's disk as a source: upload the model's files (not the
+            # optimizer state) as the run's artifacts and register those; everyone who reaches the server can load it.
+            log.info("the tracking server refused a local model source; uploading %s as artifacts of run %s", path, self.ref.run_id)
+            for f in sorted(p for p in Path(path).iterdir() if p.is_file() and p.name != "trainer_state.pt"):
+                self._client.log_artifact(self.ref.run_id, str(f), "checkpoint")
             version = self._client.create_model_version(name, f"runs:/{self.ref.run_id}/checkpoint", run_id=self.ref.run_id, tags=tags)
         return str(version.version)
 

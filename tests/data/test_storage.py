@@ -87,3 +87,16 @@ def test_long_stages_share_their_outputs_while_running_and_never_half_written_fi
         assert (bucket / "checkpoints/run/step-2/model.safetensors").exists(), "pushed before the stage ended"
     assert not (bucket / "checkpoints/run/.step-4.tmp").exists()
     assert b.pull("checkpoints/run") == 1
+
+
+def test_a_failed_stage_still_shares_what_it_finished_and_pulls_can_leave_out_optimizer_state(two_workers):
+    a, b, bucket = two_workers
+    step = a.root / "checkpoints/run/step-2"
+    with pytest.raises(RuntimeError, match="OOM"), a.pushing(step.parent, every_s=3600):
+        step.mkdir(parents=True)
+        (step / "model.safetensors").write_bytes(b"w")
+        (step / "trainer_state.pt").write_bytes(b"o" * 100)
+        raise RuntimeError("CUDA OOM at step 3")
+    assert (bucket / "checkpoints/run/step-2/model.safetensors").exists(), "step 2 survives the failure of step 3"
+    assert b.pull("checkpoints/run", skip=("trainer_state.pt",)) == 1
+    assert not (b.root / "checkpoints/run/step-2/trainer_state.pt").exists()
