@@ -333,9 +333,7 @@ def build_flow(steps_dir: str, traces_dir: str, out_dir: str, cfg: BuildConfig =
 
     def build_and_report(o, ref):
         built = build_task.with_options(**o)(steps, traces, out, cfg, ref)
-        page = report_task.with_options(**o)(str(page_dir), [out], [], [], report, ref)
-        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
-        return {**built, "report": page["report"]}
+        return {**built, "report": _page(o, ref, page_dir, [out], [], [], report)["report"]}
 
     return _stage(ws, tracking, "build", build_and_report, [steps, traces], [out, page_dir])
 
@@ -362,9 +360,7 @@ def evaluate_flow(checkpoint: str, data_dirs: list[str], out_dir: str, cfg: Eval
     def both(o, ref):
         offline = evaluate_task.with_options(**o)(ckpt, data, out, cfg, ref)
         sim = simpler_task.with_options(**o)(ckpt, str(Path(out) / "simpler"), simpler, simpler_available(), ref)
-        page = report_task.with_options(**o)(str(page_dir), [], [out], [], report, ref)
-        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
-        return {**offline, "simpler": sim, "report": page["report"]}
+        return {**offline, "simpler": sim, "report": _page(o, ref, page_dir, [], [out], [], report)["report"]}
 
     return _stage(ws, tracking, "evaluate", both, [ckpt, *data], [out, page_dir], parent_run_id, refresh_cache)
 
@@ -384,9 +380,12 @@ def view_flow(out_dir: str, data_dirs: list[str], eval_dirs: list[str], attentio
     ws = Workspace(workdir)
     out, data, evals, attn = str(ws.local(out_dir)), *([str(ws.local(p)) for p in ps] for ps in (data_dirs, eval_dirs, attention_dirs))
 
-    def view(o, ref):
-        page = report_task.with_options(**o, refresh_cache=True)(out, data, evals, attn, cfg, ref)
-        Tracker(ref).log_artifact(page["report"], "report")  # on the flow's own run too
-        return page
+    return _stage(ws, tracking, "view", lambda o, ref: _page({**o, "refresh_cache": True}, ref, out, data, evals, attn, cfg),
+                  [*data, *evals, *attn], [out])
 
-    return _stage(ws, tracking, "view", view, [*data, *evals, *attn], [out])
+
+def _page(opts: dict, ref, out_dir, data_dirs: list, eval_dirs: list, attention_dirs: list, cfg: ReportConfig) -> dict:
+    """The HTML report task, its page also logged on the calling flow's own MLflow run."""
+    page = report_task.with_options(**opts)(str(out_dir), data_dirs, eval_dirs, attention_dirs, cfg, ref)
+    Tracker(ref).log_artifact(page["report"], "report")
+    return page
