@@ -27,6 +27,28 @@ def test_resume_continues_the_same_run(tmp_path, reasoning_dirs, checkpoint):
     assert again["resumed_from"] == 4
 
 
+def test_a_crashed_run_resumes_on_another_workers_mirror_of_shared_storage(tmp_path, reasoning_dirs, checkpoint, monkeypatch):
+    """Worker A trained to step 2 and died; worker B (another mirror path) picks the run up from storage."""
+    from pathlib import Path
+
+    from data.storage import Workspace
+
+    uri = (tmp_path / "bucket").as_uri()
+    monkeypatch.setenv("REFINEVLA_CACHE_DIR", str(tmp_path / "worker-a"))
+    a = Workspace(uri)
+    for d in reasoning_dirs:
+        shutil.copytree(d, a.root / "reasoning" / Path(d).name)
+    shutil.copytree(checkpoint.parent, a.root / "checkpoints/run")
+    shutil.rmtree(a.root / "checkpoints/run/step-4")
+    a.push("reasoning", "checkpoints")
+
+    monkeypatch.setenv("REFINEVLA_CACHE_DIR", str(tmp_path / "worker-b"))
+    b = Workspace(uri)
+    b.pull("reasoning", "checkpoints")
+    summary = run_finetune([str(b.root / "reasoning" / Path(d).name) for d in reasoning_dirs], b.root / "checkpoints/run", FinetuneConfig(**TINY_FINETUNE))
+    assert b.root != a.root and summary["resumed_from"] == 2 and summary["checkpoint"].endswith("step-4")
+
+
 def test_lora_run_saves_merged_checkpoints_with_adapters_and_resumes(tmp_path, reasoning_dirs):
     from models.spatialvla.policy import load_checkpoint
 
