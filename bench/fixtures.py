@@ -1,4 +1,5 @@
-"""Shared by the data benches: a reasoning dataset of N Bridge episodes (sample → parse → annotate → build)."""
+"""Shared by the benches: a reasoning dataset of N Bridge episodes (sample → parse → annotate → build), and a
+randomly initialised student of a named shape."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ def reasoning_dataset(tmp: Path, episodes: int) -> tuple[Path, Path, Path]:
     traces = Path(run_annotate(steps, tmp / "traces")["traces_dir"])
     run_build(steps, traces, tmp / "reasoning" / "bridge_dataset")
     return steps, traces, tmp / "reasoning" / "bridge_dataset"
+
+
+# SpatialVLA's vocabulary: Gemma's 257,152 text ids (<image> among them) + 8,194 action tokens; tiny: a learned 1,024
+VOCAB = {"4b": 257152 + 8194, "tiny": 1024 + 1 + 8194}
+
+
+def student(shape: str, device: str):
+    """A fresh SpatialVLA-shaped model ('tiny' or '4b'), built on `device` ('meta' to count without memory)."""
+    import torch
+
+    from models.spatialvla.configuration_spatialvla import spatialvla_config
+    from models.spatialvla.modeling_spatialvla import SpatialVLAForConditionalGeneration
+
+    config = spatialvla_config(shape, VOCAB[shape], VOCAB[shape] - 8195, VOCAB[shape] - 8194)
+    with torch.device(device):
+        return SpatialVLAForConditionalGeneration(config)

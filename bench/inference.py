@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-VOCAB = {"4b": 257152 + 8194, "tiny": 1024 + 1 + 8194}
-
+from fixtures import VOCAB, student  # bench/fixtures.py (puts the project on sys.path)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,17 +26,13 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from models.spatialvla.configuration_spatialvla import spatialvla_config
-    from models.spatialvla.modeling_spatialvla import SpatialVLAForConditionalGeneration
-
     cuda = torch.cuda.is_available()
     if args.shape == "4b" and not cuda:
         sys.exit("the 4b shape needs a CUDA GPU (use --shape tiny on CPU)")
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     torch.manual_seed(0)
     v = VOCAB[args.shape]
-    with torch.device(device):
-        model = SpatialVLAForConditionalGeneration(spatialvla_config(args.shape, v, v - 8195, v - 8194)).to(dtype).eval()
+    model = student(args.shape, device).to(dtype).eval()
     begin, eos = v - 8194, 1
     # force the trace to its full length: no eos and no action id while reasoning (the timing then does not depend on
     # what random weights happen to emit)

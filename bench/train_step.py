@@ -15,26 +15,9 @@ AdamW states take in each setting (a floor: activations come on top), labelled a
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-# SpatialVLA's vocabulary: Gemma's 257,152 text ids (<image> among them) + 8,194 action tokens; tiny: a learned 1,024
-VOCAB = {"4b": 257152 + 8194, "tiny": 1024 + 1 + 8194}
-
-
-def build(shape: str, device: str):
-    import torch
-
-    from models.spatialvla.configuration_spatialvla import spatialvla_config
-    from models.spatialvla.modeling_spatialvla import SpatialVLAForConditionalGeneration
-
-    config = spatialvla_config(shape, VOCAB[shape], VOCAB[shape] - 8195, VOCAB[shape] - 8194)
-    with torch.device(device):
-        return SpatialVLAForConditionalGeneration(config)
-
+from fixtures import VOCAB, student  # bench/fixtures.py (puts the project on sys.path)
 
 def settings(model, freeze_layers: int, lora: bool):
     from models.lora import DEFAULT_TARGETS, apply_lora
@@ -48,12 +31,12 @@ def settings(model, freeze_layers: int, lora: bool):
 
 
 def estimate(args) -> None:
-    model = build(args.shape, "meta")
+    model = student(args.shape, "meta")
     print(f"no CUDA GPU: estimates from parameter counts of the {args.shape} shape (weights fp32 as trained, AdamW 2 fp32 states,")
     print("fp32 gradients; activations not included, they grow with batch × sequence length)")
     print(f"{'setting':>28} | {'params M':>8} | {'trainable M':>11} | {'weights GB':>10} | {'grads+Adam GB':>13} | {'floor GB':>8}")
     for name, lora in (("full, vision+N layers frozen", False), ("LoRA r=32", True)):
-        m = settings(build(args.shape, "meta"), args.freeze_layers, lora)
+        m = settings(student(args.shape, "meta"), args.freeze_layers, lora)
         total = sum(p.numel() for p in m.parameters())
         trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
         w, opt = total * 4 / 1e9, trainable * (4 + 8) / 1e9
@@ -77,7 +60,7 @@ def measure(args) -> None:
                              ("LoRA r=32 + grad. checkpointing", True, True)):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        model = settings(build(args.shape, "cuda"), args.freeze_layers, lora)
+        model = settings(student(args.shape, "cuda"), args.freeze_layers, lora)
         if ckpt:
             (model.get_base_model() if lora else model).language_model.gradient_checkpointing_enable()
         model.train()
@@ -121,7 +104,7 @@ def measure_cpu(args) -> None:
     from models.objective import refinevla_loss
 
     seq = 256 + 24 + 64 + 13  # the demo keeps up to 64 reasoning tokens in tests; 244 in the paper
-    model = settings(build("tiny", "cpu"), min(args.freeze_layers, 1), False).train()
+    model = settings(student("tiny", "cpu"), min(args.freeze_layers, 1), False).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     ids = torch.randint(0, 1000, (args.batch, seq))
     ids[:, :256] = VOCAB["tiny"] - 8195
