@@ -92,9 +92,17 @@ class Workspace:
         return out
 
     # ------------------------------------------------------------------ sync
-    def _manifest(self) -> dict:
+    @contextlib.contextmanager
+    def _manifest(self) -> Iterator[dict]:
+        """What was last synced, for one pull or push at a time; written back when it ends (also after an error,
+        so files already transferred are not transferred again)."""
         f = self.root / MANIFEST
-        return json.loads(f.read_text()) if f.exists() else {}
+        with self._lock:
+            manifest = json.loads(f.read_text()) if f.exists() else {}
+            try:
+                yield manifest
+            finally:
+                write_json_atomic(f, manifest)
 
     def _remote_files(self, rel: str) -> dict[str, dict]:
         top = f"{self.base}/{rel}".rstrip("/")
@@ -109,8 +117,7 @@ class Workspace:
         if not self.remote:
             return 0
         fetched = 0
-        with self._lock:
-            manifest = self._manifest()
+        with self._manifest() as manifest:
             for rel in filter(None, map(self._relpath, rels)):
                 for name, info in self._remote_files(rel).items():
                     if name.rsplit("/", 1)[-1] in skip:
@@ -125,7 +132,6 @@ class Workspace:
                         self.fs.get_file(f"{self.base}/{name}", str(tmp))
                     manifest[name] = {"local": _stat(dest), "remote": ukey}
                     fetched += 1
-            write_json_atomic(self.root / MANIFEST, manifest)
         if fetched:
             log.info("storage: pulled %d file(s) of %s from %s", fetched, ", ".join(map(str, rels)), self.workdir)
         return fetched
@@ -135,8 +141,7 @@ class Workspace:
         if not self.remote:
             return 0
         sent = 0
-        with self._lock:
-            manifest = self._manifest()
+        with self._manifest() as manifest:
             for rel in filter(None, map(self._relpath, paths)):
                 top = self.root / rel
                 files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.exists() else []
@@ -149,7 +154,6 @@ class Workspace:
                     self.fs.put_file(str(f), target)
                     manifest[name] = {"local": _stat(f), "remote": self.fs.ukey(target)}
                     sent += 1
-            write_json_atomic(self.root / MANIFEST, manifest)
         if sent:
             log.info("storage: pushed %d file(s) of %s to %s", sent, ", ".join(map(str, paths)), self.workdir)
         return sent

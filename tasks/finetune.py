@@ -247,7 +247,7 @@ def _stream(cfg: FinetuneConfig, train_dirs: list[Path], processor, epoch: int, 
 
     from data.loader import ReasoningStream
 
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = _distributed()
     return ReasoningStream(train_dirs, processor.training_sample, cfg.action_chunk_size, cfg.seed, epoch, cfg.shuffle_buffer, cfg.augment,
                            torch.distributed.get_rank() if distributed else 0, torch.distributed.get_world_size() if distributed else 1,
                            skip_batches, cfg.batch_size, cfg.num_workers, image_size=processor.image_size)
@@ -353,7 +353,7 @@ def run_finetune(data_dirs: list[str | Path], out_dir: str | Path, cfg: Finetune
     tracker.log_params({**counts, "freeze_filters": ";".join(filters), "train_samples": len(first_epoch), "resolved_device": device, "resolved_precision": precision})
 
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * first_epoch.num_batches()))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():  # ranks hold different parts: agree on the shortest
+    if _distributed():  # ranks hold different parts: agree on the shortest
         t = torch.tensor(total, device=device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         total = int(t)

@@ -14,8 +14,6 @@ importable the stage is skipped with install instructions. `python -m tasks.simp
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
 import json
 import logging
@@ -32,7 +30,7 @@ import pandas as pd
 from prefect import task, unmapped
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from data.io import atomic_path, write_json_atomic, write_text_atomic
+from data.io import atomic_path, fingerprint, write_json_atomic, write_text_atomic
 from tasks.caching import stage_cache_policy
 from tasks.retry import transient_only
 from tasks.simpler_report import results_markdown, table1, table2, table_csv, table_markdown, task_results
@@ -257,21 +255,11 @@ def _model(checkpoint: str):
         return _MODELS[checkpoint]
 
 
-@functools.cache
-def checkpoint_key(checkpoint: str) -> str:
-    """A content key of a checkpoint's weights and configs (not its path: the same on every worker's mirror)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(checkpoint).rglob("*") if p.is_file() and p.name != "trainer_state.pt" and not p.name.startswith(".")):
-        h.update(f"{f.relative_to(checkpoint).as_posix()}:{f.stat().st_size}\n".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 16))
-    return h.hexdigest()[:12]
-
-
 def item_part(out_dir: str | Path, item: EvalConfig, checkpoint: str | Path, reason: bool) -> Path:
     """Where one config's episodes go: per checkpoint and decoding mode, so evaluating another checkpoint (or
     reason-then-act after action-only) into the same folder never reuses these results."""
-    return Path(out_dir) / "items" / f"{checkpoint_key(str(checkpoint))}-{'reason' if reason else 'act'}" / f"{item.key}.parquet"
+    key = fingerprint([checkpoint], portable=True)  # content, not path: the same on every worker's mirror
+    return Path(out_dir) / "items" / f"{key}-{'reason' if reason else 'act'}" / f"{item.key}.parquet"
 
 
 def run_item(checkpoint: str | Path, item: EvalConfig, out_dir: str | Path, opts: ItemOptions = ItemOptions(), make_env=None) -> dict:
