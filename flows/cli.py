@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.report import ReportConfig
 
         data, evals, attention = view_inputs(args)
-        out = args.out or ("reports/view" if "://" in args.workdir else str(Path(args.workdir) / "reports" / "view"))  # URI: relative to it
+        from data.storage import is_uri
+
+        out = args.out or ("reports/view" if is_uri(args.workdir) else str(Path(args.workdir) / "reports" / "view"))  # URI: relative to it
         result = fl.view_flow(out, data, evals, attention, settings(ReportConfig, args), args.workdir, tracking)
         print(json.dumps(result, indent=2, default=str))
         print(f"Open it: file://{Path(result['report']).resolve()}")
