@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from data.storage import Workspace
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.skipif(not (BIN / "prefect").exists(), reason="the prefect CLI is not installed beside this Python")
@@ -243,3 +245,20 @@ def test_a_killed_worker_loses_no_finished_stage(ops):
     killed, resumed = ([m.step for m in client.get_metric_history(r.info.run_id, "loss")] for r in ft_runs)
     assert min(killed) == 1 and max(resumed) == 12
     assert min(resumed) - 1 in steps and min(resumed) > 2, "training resumed from a checkpoint instead of starting over"
+
+
+def test_a_dispatched_stage_that_outlives_its_timeout_is_cancelled(ops, tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.config import PipelineConfig
+    from flows.pipeline import dispatch, evaluate_flow
+    from tasks.tracking import start_run
+
+    config = PipelineConfig(workdir=str(tmp_path), tracking={"uri": ops.mlflow}, dispatch={"evaluate": "refinevla-evaluate/evaluate", "timeout_s": 2})
+    run = start_run(config.tracking, tmp_path, "timeout")
+    with temporary_settings({PREFECT_API_URL: ops.api}), pytest.raises(TimeoutError, match="cancelled"):
+        # no worker serves the `simpler` pool here, so the child never starts
+        dispatch(Workspace(str(tmp_path)), config, "refinevla-evaluate/evaluate", evaluate_flow, tmp_path / "eval", run, checkpoint="ckpt", data_dirs=[])
+    [child] = ops.post("/flow_runs/filter", {"deployments": {"name": {"any_": ["evaluate"]}}})
+    assert child["state"]["type"] in ("CANCELLING", "CANCELLED"), "a later run must not race it"
+    assert child["parameters"]["tracking"]["uri"] == ops.mlflow and child["parameters"]["workdir"] == str(tmp_path)
